@@ -1,0 +1,1 @@
+"""Gradio demos: thin front-ends that only call the pipelines' public functions."""

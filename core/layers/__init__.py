@@ -1,0 +1,1 @@
+"""Shared transformer layers (attention, windows, embeddings, blocks)."""
