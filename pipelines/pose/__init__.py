@@ -1,0 +1,1 @@
+"""Pose estimation: top-down ViTPose on images with COCO keypoint annotations."""
