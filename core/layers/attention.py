@@ -1,0 +1,222 @@
+"""Attention primitives shared by the model zoo.
+
+Everything that is a plain ``softmax(q k^T * scale + bias) v`` goes through
+:func:`torch.nn.functional.scaled_dot_product_attention` (SDPA) so fused kernels are used where
+the backend offers them. Shapes follow the SDPA convention ``(B, heads, N, head_dim)``.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "attention",
+    "Attention",
+    "transposed_attention",
+    "TransposedAttention",
+    "topk_sparse_attention",
+    "DRSFORMER_TOPK_RATIOS",
+    "ChannelAttention",
+]
+
+
+def _combine_masks(bias: Optional[Tensor], mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    """Fold an additive ``bias`` and an additive/bool ``mask`` into one SDPA ``attn_mask``.
+
+    A bool mask alone is passed through unchanged (SDPA semantics: True = may attend), so the
+    fused kernels that accept bool masks stay eligible. Otherwise the result is additive, in
+    ``dtype`` (SDPA requires a float mask to match the query dtype).
+    """
+    if bias is None and mask is None:
+        return None
+    if mask is not None and mask.dtype == torch.bool:
+        if bias is None:
+            return mask
+        # -inf where attention is forbidden; broadcasting happens inside masked_fill's output.
+        return bias.to(dtype).masked_fill(~mask, float("-inf"))
+    if bias is None:
+        return mask.to(dtype)
+    if mask is None:
+        return bias.to(dtype)
+    return bias.to(dtype) + mask.to(dtype)
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    bias: Optional[Tensor] = None,
+    mask: Optional[Tensor] = None,
+    dropout_p: float = 0.0,
+    scale: Optional[float] = None,
+) -> Tensor:
+    """Scaled dot-product attention with an optional additive bias and mask.
+
+    Args:
+        q: ``(..., Nq, D)``; k: ``(..., Nk, D)``; v: ``(..., Nk, Dv)`` (typically ``(B, heads, N, D)``).
+        bias: additive bias broadcastable to ``(..., Nq, Nk)``, e.g. a relative-position bias
+            ``(heads, Nq, Nk)``.
+        mask: additive float mask (``-inf``/``-100`` for blocked pairs) or bool mask
+            (True = may attend), broadcastable to ``(..., Nq, Nk)``.
+        dropout_p: attention-probability dropout; pass 0 in eval (this function does not know
+            the module's training flag).
+        scale: logit scale; default ``D ** -0.5``.
+
+    Returns:
+        ``(..., Nq, Dv)`` = ``softmax(q k^T * scale + bias + mask) v``.
+    """
+    attn_mask = _combine_masks(bias, mask, q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+
+
+class Attention(nn.Module):
+    """ViT multi-head self-attention (timm / MAE / ViTPose layout: fused ``qkv`` + ``proj``).
+
+    Args:
+        dim: token width C. num_heads: heads (C must be divisible).
+        qkv_bias: bias on the fused ``qkv`` Linear. qk_scale: override ``head_dim ** -0.5``.
+        attn_drop: dropout on attention probabilities. proj_drop: dropout after ``proj``.
+
+    Forward: ``x (B, N, C)``, optional additive ``bias`` broadcastable to ``(B, heads, N, N)``
+    and ``mask`` (additive or bool) -> ``(B, N, C)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_scale: Optional[float] = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = qk_scale or self.head_dim**-0.5
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop  # a float: SDPA applies the dropout itself
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: Tensor, bias: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        x = attention(q, k, v, bias=bias, mask=mask, scale=self.scale,
+                      dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+
+
+def transposed_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Union[Tensor, float]) -> Tensor:
+    """Restormer-style channel ("transposed") attention.
+
+    Args:
+        q, k, v: ``(B, heads, C_head, HW)`` -- channels act as tokens, pixels as features.
+        temperature: learnable per-head scale, ``(heads, 1, 1)`` (or a scalar).
+
+    Returns:
+        ``(B, heads, C_head, HW)`` = ``softmax(norm(q) norm(k)^T * temperature) v`` where ``norm`` is
+        L2-normalisation along the spatial dim.
+    """
+    q = F.normalize(q, dim=-1)
+    k = F.normalize(k, dim=-1)
+    # The per-head temperature is folded into q so SDPA (which only takes a scalar scale) applies.
+    return F.scaled_dot_product_attention(q * temperature, k, v, scale=1.0)
+
+
+class TransposedAttention(nn.Module):
+    """Module form of :func:`transposed_attention` owning the ``temperature`` ``(heads, 1, 1)``.
+
+    Models keep their own q/k/v projections (conv layouts differ between Restormer variants) and
+    call ``forward(q, k, v)`` with ``(B, heads, C_head, HW)`` tensors; output has the same shape.
+    """
+
+    def __init__(self, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return transposed_attention(q, k, v, self.temperature)
+
+
+#: DRSformer's four keep-ratios. Fractions reproduce the official ``int(C*2/3)`` etc. exactly
+#: (a float 2/3 could round ``C*(2/3)`` just below an integer).
+DRSFORMER_TOPK_RATIOS = (Fraction(1, 2), Fraction(2, 3), Fraction(3, 4), Fraction(4, 5))
+
+
+def topk_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    temperature: Union[Tensor, float],
+    k_values: Sequence[Union[int, float, Fraction]] = DRSFORMER_TOPK_RATIOS,
+    weights: Optional[Sequence[Union[Tensor, float]]] = None,
+) -> Tensor:
+    """DRSformer top-k sparse channel attention (TKSA).
+
+    ``logits = norm(q) norm(k)^T * temperature`` (``C x C`` per head). For each entry of ``k_values``
+    only the top-k logits of every row are kept (others ``-inf``), softmax is taken and the
+    results ``P_i v`` are summed with ``weights[i]``.
+
+    Args:
+        q, k, v: ``(B, heads, C, HW)``.
+        temperature: ``(heads, 1, 1)`` or scalar.
+        k_values: per branch either an ``int`` count k, or a keep-ratio (float / Fraction) giving
+            ``k = int(C * ratio)`` as in the official code.
+        weights: per-branch scalars (e.g. DRSformer's ``attn1..attn4`` params of shape ``(1,)``);
+            default 1 each.
+
+    Returns:
+        ``(B, heads, C, HW)``.
+    """
+    C = q.shape[-2]
+    counts = [kv if isinstance(kv, int) else int(C * kv) for kv in k_values]
+    if not counts or min(counts) < 1 or max(counts) > C:
+        raise ValueError(f"top-k counts {counts} must lie in [1, {C}]")
+    if weights is None:
+        weights = [1.0] * len(counts)
+    # Logits are needed explicitly for top-k, so this path computes softmax by hand instead of SDPA.
+    logits = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * temperature
+    # One sorted top-k with the largest k gives every smaller top-k as a prefix. Scatter each
+    # selected column's rank; "column j is in the top-k" is then simply rank < k.
+    kmax = max(counts)
+    idx = logits.topk(kmax, dim=-1, largest=True, sorted=True).indices
+    rank = torch.full(logits.shape, kmax, dtype=torch.long, device=logits.device)
+    rank.scatter_(-1, idx, torch.arange(kmax, device=logits.device).expand_as(idx))
+    neg_inf = logits.new_tensor(float("-inf"))
+    # Sum of weighted probability matrices first, then a single (C x C) @ (C x HW) product:
+    # identical maths to summing w_i * (P_i @ v), with one big matmul instead of len(counts).
+    probs = sum(w * torch.where(rank < c, logits, neg_inf).softmax(dim=-1) for c, w in zip(counts, weights))
+    return probs @ v
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-and-excitation channel attention (RCAN / HAT's CAB).
+
+    ``attention`` is an ``nn.Sequential`` (pool, conv1x1 C->C/s, ReLU, conv1x1 C/s->C, Sigmoid) so
+    official keys ``attention.1.weight`` / ``attention.3.weight`` load unchanged.
+
+    Forward: ``x (B, C, H, W)`` -> ``x * attention(x)``, same shape.
+    """
+
+    def __init__(self, num_feat: int, squeeze_factor: int = 16):
+        super().__init__()
+        hidden = num_feat // squeeze_factor
+        self.attention = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(num_feat, hidden, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, num_feat, 1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.attention(x)
