@@ -1,0 +1,1 @@
+"""Forecasting: iTransformer on CSV / Parquet multivariate time series."""
