@@ -1,0 +1,1 @@
+"""Medical model families; importing this package registers them."""

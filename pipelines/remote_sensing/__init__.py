@@ -1,0 +1,1 @@
+"""Remote sensing: SatMAE++ (pretrain + finetune) and ChannelViT on multi-band GeoTIFFs."""

@@ -1,0 +1,1 @@
+"""Remote_sensing model families; importing this package registers them."""

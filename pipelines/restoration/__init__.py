@@ -1,0 +1,1 @@
+"""Restoration: super-resolution (HAT, DRCT) and deraining (DRSformer) on image folders."""

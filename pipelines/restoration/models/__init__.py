@@ -1,0 +1,1 @@
+"""Restoration model families; importing this package registers them."""
