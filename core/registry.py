@@ -74,6 +74,9 @@ class OfficialSpec:
     convert: Callable[[Mapping[str, torch.Tensor], Mapping[str, Any]], dict[str, torch.Tensor]] | None = None
     detect: Callable[[Mapping[str, torch.Tensor]], dict[str, Any] | None] | None = None
     description: str = ""
+    # Constructor arguments that tensor shapes cannot tell (e.g. attention heads); ``detect`` fills
+    # them with the paper's value and a user overrides them in ``load_official_checkpoint``.
+    uninferable: tuple[str, ...] = ()
 
 
 _MODELS: dict[str, ModelSpec] = {}

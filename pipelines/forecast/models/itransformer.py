@@ -152,7 +152,7 @@ def detect_official(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
 register_official(OfficialSpec(
     model_id="itransformer", field=FIELD,
     build=lambda kw: ITransformer(config_from_official(kw)),
-    convert=convert_official, detect=detect_official,
+    convert=convert_official, detect=detect_official, uninferable=("n_heads",),
     description="thuml/iTransformer model/iTransformer.py::Model",
 ))
 
