@@ -24,6 +24,13 @@ CONTAINERS = {
 }
 
 
+def _lookup(kwargs: dict, key: str):
+    """A constructor argument at the top level or inside one sub-config (e.g. ViTPose's ``backbone``)."""
+    if key in kwargs:
+        return kwargs[key]
+    return next((v[key] for v in kwargs.values() if isinstance(v, dict) and key in v), None)
+
+
 @pytest.mark.parametrize("container", sorted(CONTAINERS))
 @pytest.mark.parametrize("case", CASES, ids=[f"{c.parent.name}/{c.name}" for c in CASES])
 def test_load_official_checkpoint_reproduces_fixture(tmp_path: Path, case: Path, container: str):
@@ -39,7 +46,7 @@ def test_load_official_checkpoint_reproduces_fixture(tmp_path: Path, case: Path,
     path = tmp_path / "official.pth"
     save_checkpoint(CONTAINERS[container](sd), path)
     kwargs = meta["official_kwargs"]
-    overrides = {k: kwargs[k] for k in spec.uninferable if k in kwargs}
+    overrides = {k: v for k in spec.uninferable if (v := _lookup(kwargs, k)) is not None}
     model = load_official_checkpoint(path, **overrides)
     io = load_file(str(case / "io.safetensors"))
     args = [io[f"input.{n}"] for n in meta["inputs"]]

@@ -5,3 +5,5 @@ from vitsuite.core.registry import register_official_function
 from .. import decode
 
 register_official_function("pose_decode", "keypoints_from_heatmaps", decode.keypoints_from_heatmaps)
+
+from . import vitpose  # noqa: F401,E402
