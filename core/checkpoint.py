@@ -6,6 +6,7 @@ never executed.
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -50,7 +51,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             from safetensors.torch import load_file
 
             return dict(load_file(str(path), device=str(map_location)))
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        # MAE-family repos (SatMAE++) save their argparse ``args`` beside the weights: a plain
+        # attribute bag, safe to rebuild, so it is the one class allowed beyond plain data.
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except CheckpointError:
         raise
     except Exception as exc:  # torch/pickle/safetensors raise many types for a bad file

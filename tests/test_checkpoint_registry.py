@@ -84,6 +84,16 @@ def test_load_checkpoint_unwraps_containers(tmp_path, wrap, suffix):
     assert all(torch.equal(loaded[k], sd[k]) for k in sd)  # params_ema preferred over params
 
 
+def test_mae_style_checkpoint_with_argparse_args(tmp_path):
+    import argparse
+
+    sd = TinyNet().state_dict()
+    path = tmp_path / "checkpoint-799.pth"
+    torch.save({"model": sd, "optimizer": {}, "epoch": 799, "args": argparse.Namespace(lr=1e-3, input_size=96)}, path)
+    loaded = load_checkpoint(path)
+    assert loaded.keys() == sd.keys()
+
+
 def test_prefer_selects_non_ema_weights():
     sd = TinyNet().state_dict()
     zeros = {k: v * 0 for k, v in sd.items()}
