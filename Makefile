@@ -22,9 +22,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+# The main job on the bundled default: forecast the future of a real NREL TMY3 weather file with the
+# bundled iTransformer weights (CSV + plot in outputs/forecast/).
 demo: $(STAMP)
-	$(BIN)/vitsuite info
 	$(BIN)/vitsuite models
+	$(BIN)/vitsuite-forecast predict -o outputs/forecast
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
