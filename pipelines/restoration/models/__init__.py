@@ -1,1 +1,3 @@
 """Restoration model families; importing this package registers them."""
+
+from . import drct, hat  # noqa: F401
