@@ -12,6 +12,7 @@ from .attention import (
     TransposedAttention,
     attention,
     topk_sparse_attention,
+    topk_sparse_probs,
     transposed_attention,
 )
 from .blocks import DropPath, LayerScale, Mlp, SwinBlock, ViTBlock, trunc_normal_
@@ -36,7 +37,7 @@ from .windows import (
 )
 
 __all__ = [
-    "attention", "Attention", "transposed_attention", "TransposedAttention", "topk_sparse_attention",
+    "attention", "Attention", "transposed_attention", "TransposedAttention", "topk_sparse_attention", "topk_sparse_probs",
     "DRSFORMER_TOPK_RATIOS", "ChannelAttention",
     "to_2tuple", "window_partition", "window_reverse", "relative_position_index",
     "overlapping_relative_position_index", "RelativePositionBias", "shifted_window_mask", "WindowAttention",

@@ -20,6 +20,7 @@ __all__ = [
     "transposed_attention",
     "TransposedAttention",
     "topk_sparse_attention",
+    "topk_sparse_probs",
     "DRSFORMER_TOPK_RATIOS",
     "ChannelAttention",
 ]
@@ -152,22 +153,20 @@ class TransposedAttention(nn.Module):
 DRSFORMER_TOPK_RATIOS = (Fraction(1, 2), Fraction(2, 3), Fraction(3, 4), Fraction(4, 5))
 
 
-def topk_sparse_attention(
+def topk_sparse_probs(
     q: Tensor,
     k: Tensor,
-    v: Tensor,
     temperature: Union[Tensor, float],
     k_values: Sequence[Union[int, float, Fraction]] = DRSFORMER_TOPK_RATIOS,
     weights: Optional[Sequence[Union[Tensor, float]]] = None,
 ) -> Tensor:
-    """DRSformer top-k sparse channel attention (TKSA).
+    """The mixed attention matrix of DRSformer's top-k sparse attention, ``sum_i w_i P_i``.
 
-    ``logits = norm(q) norm(k)^T * temperature`` (``C x C`` per head). For each entry of ``k_values``
-    only the top-k logits of every row are kept (others ``-inf``), softmax is taken and the
-    results ``P_i v`` are summed with ``weights[i]``.
+    ``logits = norm(q) norm(k)^T * temperature`` (``C x C`` per head); branch ``i`` keeps the top-k
+    logits of every row (others ``-inf``) and takes a softmax ``P_i``.
 
     Args:
-        q, k, v: ``(B, heads, C, HW)``.
+        q, k: ``(B, heads, C, HW)``.
         temperature: ``(heads, 1, 1)`` or scalar.
         k_values: per branch either an ``int`` count k, or a keep-ratio (float / Fraction) giving
             ``k = int(C * ratio)`` as in the official code.
@@ -175,9 +174,9 @@ def topk_sparse_attention(
             default 1 each.
 
     Returns:
-        ``(B, heads, C, HW)``.
+        ``(B, heads, C, C)``; a model may fold it into its output projection instead of ``@ v``.
     """
-    C = q.shape[-2]
+    C = int(q.shape[-2])  # a Python int also while tracing for export
     counts = [kv if isinstance(kv, int) else int(C * kv) for kv in k_values]
     if not counts or min(counts) < 1 or max(counts) > C:
         raise ValueError(f"top-k counts {counts} must lie in [1, {C}]")
@@ -192,10 +191,24 @@ def topk_sparse_attention(
     rank = torch.full(logits.shape, kmax, dtype=torch.long, device=logits.device)
     rank.scatter_(-1, idx, torch.arange(kmax, device=logits.device).expand_as(idx))
     neg_inf = logits.new_tensor(float("-inf"))
-    # Sum of weighted probability matrices first, then a single (C x C) @ (C x HW) product:
-    # identical maths to summing w_i * (P_i @ v), with one big matmul instead of len(counts).
-    probs = sum(w * torch.where(rank < c, logits, neg_inf).softmax(dim=-1) for c, w in zip(counts, weights))
-    return probs @ v
+    return sum(w * torch.where(rank < c, logits, neg_inf).softmax(dim=-1) for c, w in zip(counts, weights))
+
+
+def topk_sparse_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    temperature: Union[Tensor, float],
+    k_values: Sequence[Union[int, float, Fraction]] = DRSFORMER_TOPK_RATIOS,
+    weights: Optional[Sequence[Union[Tensor, float]]] = None,
+) -> Tensor:
+    """DRSformer top-k sparse channel attention (TKSA): ``sum_i w_i (P_i v)``.
+
+    q, k, v ``(B, heads, C, HW)`` -> ``(B, heads, C, HW)``. The weighted probability matrices are
+    summed first (:func:`topk_sparse_probs`), then one ``(C x C) @ (C x HW)`` product: the same
+    maths as summing the branches, with one big matmul instead of ``len(k_values)``.
+    """
+    return topk_sparse_probs(q, k, temperature, k_values, weights) @ v
 
 
 class ChannelAttention(nn.Module):
