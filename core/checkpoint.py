@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -150,6 +150,18 @@ def mismatch_report(model: torch.nn.Module, state_dict: Mapping[str, torch.Tenso
     if shapes:
         lines.append(f"{len(shapes)} shape mismatches: {_short_list(shapes, 4)}")
     return "; ".join(lines)
+
+
+def builds_layout(build: Callable[[], torch.nn.Module], state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether ``build()`` (run on the meta device, so it costs nothing) has exactly ``state_dict``'s
+    keys and shapes; a build that rejects its configuration counts as no. Detectors use it to confirm
+    a configuration inferred from a checkpoint."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (ValueError, RuntimeError, TypeError):
+        return False
+    return mismatch_report(model, state_dict) is None
 
 
 def load_state_dict_checked(

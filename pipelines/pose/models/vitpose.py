@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from vitsuite.core.layers import PatchEmbed, ViTBlock, resize_pos_embed, to_2tuple, trunc_normal_
+from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "pose"
@@ -382,14 +383,8 @@ def detect_official(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
         },
         "keypoint_head": head,
     }
-    try:  # the inferred model must have exactly these keys and shapes
-        with torch.device("meta"):
-            model = ViTPose(config_from_official(kwargs))
-    except (ValueError, RuntimeError):
-        return None
-    own = model.state_dict()
-    sd_full = convert_official(sd)
-    if set(own) != set(sd_full) or any(tuple(own[k].shape) != tuple(sd_full[k].shape) for k in own):
+    # the inferred model must have exactly these keys and shapes
+    if not builds_layout(lambda: ViTPose(config_from_official(kwargs)), convert_official(sd)):
         return None
     return kwargs
 

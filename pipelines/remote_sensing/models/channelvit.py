@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitsuite.core.layers import ChannelPatchEmbed, ViTBlock, attention, resize_pos_embed, trunc_normal_
+from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "remote_sensing"
@@ -287,13 +288,7 @@ def detect_official(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
     }
     if hcs:
         kwargs["enable_sample"] = True
-    try:
-        with torch.device("meta"):
-            own = ChannelViT(config_from_official(kwargs)).state_dict()
-    except (ValueError, RuntimeError):
-        return None
-    conv = convert_official(sd)
-    if set(own) != set(conv) or any(tuple(own[k].shape) != tuple(conv[k].shape) for k in own):
+    if not builds_layout(lambda: ChannelViT(config_from_official(kwargs)), convert_official(sd)):
         return None
     return kwargs
 

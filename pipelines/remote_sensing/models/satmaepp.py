@@ -29,6 +29,7 @@ from vitsuite.core.layers import (
     sincos_pos_embed_2d,
     trunc_normal_,
 )
+from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 from .channelvit import official_norm_eps, vit_block_cls_only
@@ -222,11 +223,6 @@ def config_from_official_rgb(kw: Mapping[str, Any]) -> SatMAEPPViTConfig:
     return SatMAEPPViTConfig(**_timm_vit_kwargs(kw), channel_groups=None)
 
 
-def _same_layout(model: nn.Module, sd: Mapping[str, Tensor]) -> bool:
-    own = model.state_dict()
-    return set(own) == set(sd) and all(tuple(own[k].shape) == tuple(sd[k].shape) for k in own)
-
-
 def _count_blocks(sd: Mapping[str, Tensor], prefix: str = "blocks.") -> int:
     return len({k[len(prefix):].split(".")[0] for k in sd if k.startswith(prefix)})
 
@@ -289,12 +285,7 @@ def _common_vit_detect(sd: Mapping[str, Tensor], D: int, patch: int) -> dict[str
 
 def layout_fits(cls: type, to_config, kw: Mapping[str, Any], sd: Mapping[str, Tensor]) -> bool:
     """Whether the model built (on the meta device) from ``kw`` has exactly ``sd``'s keys and shapes."""
-    try:
-        with torch.device("meta"):
-            model = cls(to_config(kw))
-    except (ValueError, RuntimeError, TypeError):
-        return False
-    return _same_layout(model, sd)
+    return builds_layout(lambda: cls(to_config(kw)), sd)
 
 
 register_official(OfficialSpec(
