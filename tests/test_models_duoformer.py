@@ -94,6 +94,21 @@ def test_first_row_shortcuts_match_full_blocks():
             torch.testing.assert_close(blk(x, first_only=True), blk(x)[:, :1], atol=1e-6, rtol=1e-5)
 
 
+def test_fast_inference_path_matches_autograd_path_and_tracks_weights():
+    torch.manual_seed(0)
+    model = DuoFormer(DuoFormerConfig(depth=2, embed_dim=32, num_heads=4, num_classes=3, backbone="r18",
+                                      resnet_base_width=4)).eval()
+    x = torch.randn(1, 3, 224, 224)
+    for step in range(2):
+        with torch.no_grad():
+            fast = model(x)  # oneDNN linears with fused GELU / residual adds
+        with torch.enable_grad():
+            ref = model(x).detach()  # plain F.linear
+        torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+        # and again with other weights (nothing stale may be cached)
+        model.load_state_dict({k: v + 0.01 if v.is_floating_point() else v for k, v in model.state_dict().items()})
+
+
 def _small(**kw) -> DuoFormer:
     base = dict(depth=2, embed_dim=16, num_heads=2, num_classes=3, num_layers=2, backbone="r18", resnet_base_width=4)
     return DuoFormer(DuoFormerConfig(**{**base, **kw}))

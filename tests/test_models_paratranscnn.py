@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from conftest import reference_root
 from vitsuite.core.checkpoint import save_checkpoint
-from vitsuite.models import count_model_parameters, from_official, load_official_checkpoint
+from vitsuite.models import count_model_parameters, load_official_checkpoint
 from vitsuite.pipelines.medical.models.paratranscnn import (
     ParaTransCNN,
     ParaTransCNNConfig,

@@ -15,7 +15,10 @@ Behaviour reproduced on purpose (see ``ARCH.md``):
 * patch blocks are bare attention layers (no norm, residual or MLP), and the head reads the
   *un-normalised* CLS token (``fc_norm`` exists, its result is discarded).
 
-Region tokens are gathered with reshapes instead of index tables; attention runs through SDPA.
+Speed: region tokens are gathered with reshapes instead of index tables; attention runs through SDPA;
+the last scale block and the last patch block compute only the row their consumer reads; on CPU
+float32 inference the projections run on oneDNN with GELU and residual adds fused (core
+``layers.sr.fast_inference``); the ResNet runs channels-last.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.layers import attention, trunc_normal_
+from vitsuite.core.layers.sr import fast_inference, linear, linear_add, mlp_residual
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
-from .paratranscnn import channels_last_safe, init_resnet_, resnet_stage
+from .paratranscnn import channels_last_safe, cpu_autocast_enabled, init_resnet_, resnet_stage
 
 FIELD = "medical"
 GRID = 7                                   # layer4 map of a 224 x 224 input: 49 regions
@@ -91,13 +96,19 @@ class DuoFormerConfig:
         return tuple(self.resnet_base_width * expansion * 2 ** i for i in range(4))
 
 
+def _fast(x: Tensor) -> bool:
+    # core's fast_inference plus: not under CPU autocast (SDPA would hand bf16 to the fp32 oneDNN path).
+    return fast_inference(x) and not cpu_autocast_enabled()
+
+
 class DuoAttention(nn.Module):
     """Multi-head self-attention with timm 0.9's layout: ``qkv`` (bias), optional per-head ``q_norm`` /
     ``k_norm`` (LayerNorm, eps 1e-5), ``proj``; the product runs in SDPA (core ``attention``).
 
     ``apply_qk_norm`` is False for the scale blocks: the official scale attention owns the norms
-    but never calls them. Forward: x (B, N, E) -> (B, N, E); with ``first_only`` just the first
-    query -> (B, 1, E) (the only row the last block's consumer reads).
+    but never calls them. Forward: x (B, N, E) -> (B, N, E), plus ``residual`` when given (fused into
+    ``proj``); with ``first_only`` just the first query -> (B, 1, E) (the only row the last block's
+    consumer reads). CPU float32 inference runs the projections on oneDNN (core ``fast_inference``).
     """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool, apply_qk_norm: bool, attn_drop: float):
@@ -110,19 +121,23 @@ class DuoAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor, first_only: bool = False) -> Tensor:
+    def forward(self, x: Tensor, first_only: bool = False, residual: Tensor | None = None) -> Tensor:
         B, N, E = x.shape
         H, d = self.num_heads, self.head_dim
+        fast = _fast(x)
+        w, b = self.qkv.weight, self.qkv.bias
         if first_only:  # keys/values of every token, the query of token 0 only
-            w, b = self.qkv.weight, self.qkv.bias
-            q = F.linear(x[:, :1], w[:E], b[:E]).view(B, 1, H, d).transpose(1, 2)
-            k, v = F.linear(x, w[E:], b[E:]).view(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+            q = linear(x[:, :1], w[:E], b[:E], fast=fast).view(B, 1, H, d).transpose(1, 2)
+            k, v = linear(x, w[E:], b[E:], fast=fast).view(B, N, 2, H, d).permute(2, 0, 3, 1, 4).unbind(0)
         else:
-            q, k, v = self.qkv(x).view(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
+            q, k, v = linear(x, w, b, fast=fast).view(B, N, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
         if self.apply_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         x = attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj(x.transpose(1, 2).reshape(B, -1, E))
+        x = x.transpose(1, 2).reshape(B, -1, E)
+        if residual is None:
+            return linear(x, self.proj.weight, self.proj.bias, fast=fast)
+        return linear_add(x, residual, self.proj.weight, self.proj.bias, fast=fast)
 
 
 class ScaleBlock(nn.Module):
@@ -140,9 +155,8 @@ class ScaleBlock(nn.Module):
         self.mlp = Mlp(E, int(E * cfg.mlp_ratio), drop=cfg.mlp_drop)
 
     def forward(self, x: Tensor, first_only: bool = False) -> Tensor:
-        y = self.attn(self.norm1(x), first_only)
-        x = (x[:, :1] if first_only else x) + y
-        return x + self.mlp(self.norm2(x))
+        x = self.attn(self.norm1(x), first_only, residual=x[:, :1] if first_only else x)
+        return mlp_residual(self.mlp, self.norm2(x), x, _fast(x))
 
 
 class PatchBlock(nn.Module):
@@ -369,9 +383,9 @@ def detect_official(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
     Read from shapes: backbone (Bottleneck ``conv3`` -> r50) and its width, ``num_layers`` (tokens in
     ``pos_embed_for_scale``), ``depth``, ``embed_dim``, ``mlp_ratio``, ``num_classes``, the scale-token
     kind and width, and whether q/k norms exist (then ``attn_drop_rate`` is set to 0.1: under timm 0.9
-    any non-zero value only switches them on). Not in the tensors: ``num_heads`` (default
-    ``embed_dim // 64``: 12 for 768, 6 for 384, the published profiles), ``freeze_backbone`` (default
-    True, training only) and ``proj_drop_rate`` (dropout, default 0).
+    any non-zero value only switches them on; their width also gives ``num_heads``). Not in the tensors:
+    ``num_heads`` without q/k norms (default ``embed_dim // 64``: 12 for 768, 6 for 384, the published
+    profiles), ``freeze_backbone`` (default True, training only) and ``proj_drop_rate`` (dropout, default 0).
     """
     sd = convert_official(sd)
     vt = "vision_transformer."
@@ -392,8 +406,9 @@ def detect_official(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
         "scale_token": "random" if "channel_token" in sd else "channel", "patch_attn": True,
         "freeze_backbone": True, "pretrained": False,
     }
-    if vt + "blocks.0.attn.q_norm.weight" in sd:
-        kwargs["attn_drop_rate"] = 0.1
+    q_norm = sd.get(vt + "blocks.0.attn.q_norm.weight")
+    if q_norm is not None:  # per-head norms also tell the head count
+        kwargs["attn_drop_rate"], kwargs["num_heads"] = 0.1, E // int(q_norm.shape[0])
     overrides = {}
     width = int(sd["resnet_projector.0.weight"].shape[0])
     if width != OFFICIAL_RESNET_WIDTH:
@@ -404,6 +419,9 @@ def detect_official(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
             overrides["channel_proj_all_out_dim"] = dim
     if overrides:
         kwargs["hardcoded_overrides"] = overrides
+    # the inferred model must have exactly these keys and shapes
+    if not builds_layout(lambda: DuoFormer(config_from_official(kwargs)), sd):
+        return None
     return kwargs
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from timm.models.swin_transformer import PatchMerging
 from torch import Tensor, nn
 
+from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.layers import PatchEmbed, SwinBlock, trunc_normal_
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
@@ -113,7 +114,7 @@ class SwinEncoder(nn.Module):
     def __init__(self, cfg: HBFormerConfig):
         super().__init__()
         E = cfg.embed_dim
-        self.patch_embed = PatchEmbed(cfg.in_chans, E, 4, norm_layer=nn.LayerNorm)
+        self.patch_embed = PatchEmbed(3, E, 4, norm_layer=nn.LayerNorm)  # after input_proj (3 channels)
         dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()  # timm's schedule
         self.layers = nn.ModuleList()
         for s, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
@@ -372,6 +373,9 @@ def detect_official(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
     swin = {"swin_embed_dim": E, "swin_depths": depths, "swin_num_heads": heads}
     if swin != _SWIN_T:
         kwargs["hardcoded_overrides"] = swin
+    # the inferred model must have exactly these keys and shapes
+    if not builds_layout(lambda: HBFormer(config_from_official(kwargs)), convert_official(sd)):
+        return None
     return kwargs
 
 

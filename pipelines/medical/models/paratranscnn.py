@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.layers import ViTBlock
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
@@ -122,11 +123,19 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return y.permute(0, 3, 1, 2)
 
 
+def cpu_autocast_enabled() -> bool:
+    """``torch.is_autocast_enabled("cpu")`` (its device argument appeared in torch 2.4)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch 2.3
+        return torch.is_autocast_cpu_enabled()
+
+
 def _use_winograd(x: Tensor) -> bool:
     """Winograd pays on CPU float32 inference for large-enough maps; training, autocast, tracing and
     GPUs (cuDNN picks its own algorithms) keep the library convolution."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu") and not torch.jit.is_tracing()
+            and not cpu_autocast_enabled() and not torch.jit.is_tracing()
             and x.shape[-2] * x.shape[-1] >= _WINO_MIN_PIXELS)
 
 
@@ -338,6 +347,9 @@ def detect_official(sd: Mapping[str, Tensor]) -> dict[str, Any] | None:
     width = int(sd["firstconv.weight"].shape[0])
     if width != OFFICIAL_RESNET_WIDTH:
         kwargs["hardcoded_overrides"] = {"resnet_base_width": width}
+    # the inferred model must have exactly these keys and shapes
+    if not builds_layout(lambda: ParaTransCNN(config_from_official(kwargs)), convert_official(sd)):
+        return None
     return kwargs
 
 
@@ -358,5 +370,5 @@ _register("paratranscnn_synapse", "ParaTransCNN, Synapse multi-organ CT (9 class
 _register("paratranscnn_avt", "ParaTransCNN, AVT aortic vessel tree (2 classes)", num_classes=2)
 
 __all__ = ["ParaTransCNNConfig", "ParaTransCNN", "SEBlock", "DecoderBottleneckLayer", "TransformerStage",
-           "winograd_conv3x3", "resnet_stage", "init_resnet_", "channels_last_safe", "config_from_official",
-           "convert_official", "detect_official"]
+           "winograd_conv3x3", "resnet_stage", "init_resnet_", "channels_last_safe", "cpu_autocast_enabled",
+           "config_from_official", "convert_official", "detect_official"]
