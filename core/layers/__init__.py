@@ -15,7 +15,7 @@ from .attention import (
     topk_sparse_probs,
     transposed_attention,
 )
-from .blocks import DropPath, LayerScale, Mlp, SwinBlock, ViTBlock, trunc_normal_
+from .blocks import DropPath, LayerScale, Mlp, SwinBlock, ViTBlock, init_vit_weights_, trunc_normal_
 from .embed import (
     ChannelPatchEmbed,
     GroupChannelPatchEmbed,
@@ -44,5 +44,5 @@ __all__ = [
     "overlapping_windows",
     "PatchEmbed", "ChannelPatchEmbed", "GroupChannelPatchEmbed", "sincos_pos_embed_1d", "sincos_pos_embed_2d",
     "resize_pos_embed",
-    "Mlp", "DropPath", "LayerScale", "trunc_normal_", "ViTBlock", "SwinBlock",
+    "Mlp", "DropPath", "LayerScale", "trunc_normal_", "init_vit_weights_", "ViTBlock", "SwinBlock",
 ]

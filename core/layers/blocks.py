@@ -16,7 +16,20 @@ from torch import Tensor, nn
 from .attention import Attention
 from .windows import Size2, WindowAttention, shifted_window_mask, to_2tuple, window_partition, window_reverse
 
-__all__ = ["Mlp", "DropPath", "LayerScale", "trunc_normal_", "ViTBlock", "SwinBlock"]
+__all__ = ["Mlp", "DropPath", "LayerScale", "trunc_normal_", "init_vit_weights_", "ViTBlock", "SwinBlock"]
+
+
+def init_vit_weights_(module: nn.Module, std: float = 0.02) -> None:
+    """timm's classic ViT init, in place: Linear weights trunc-normal(``std``) with zero bias,
+    LayerNorm weight 1 / bias 0 (what the ViT-family official repos apply before training)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            trunc_normal_(m.weight, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class ViTBlock(nn.Module):

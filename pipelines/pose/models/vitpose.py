@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vitsuite.core.layers import PatchEmbed, ViTBlock, resize_pos_embed, to_2tuple, trunc_normal_
+from vitsuite.core.layers import init_vit_weights_, PatchEmbed, ViTBlock, resize_pos_embed, to_2tuple, trunc_normal_
 from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
@@ -198,14 +198,7 @@ class ViTPose(nn.Module):
         std 0.02; head deconv and conv weights normal std 0.001 (conv bias 0), BatchNorm (1, 0).
         """
         trunc_normal_(self.backbone.pos_embed, std=0.02)
-        for m in self.backbone.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_vit_weights_(self.backbone)
         for m in self.keypoint_head.modules():
             if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):
                 nn.init.normal_(m.weight, std=0.001)

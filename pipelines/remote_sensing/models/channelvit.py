@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitsuite.core.layers import ChannelPatchEmbed, ViTBlock, attention, resize_pos_embed, trunc_normal_
+from vitsuite.core.layers import init_vit_weights_, ChannelPatchEmbed, ViTBlock, attention, resize_pos_embed, trunc_normal_
 from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
@@ -146,14 +146,7 @@ class ChannelViT(nn.Module):
         trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
         trunc_normal_(self.patch_embed.channel_embed, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_vit_weights_(self)
 
     def sample_channels(self, x: Tensor, channels: Tensor) -> tuple[Tensor, Tensor]:
         """Hierarchical Channel Sampling: a random ``k``-subset (``k ~ U{1..Cin}``) of ``x``'s channels.

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from vitsuite.core.layers import (
+    init_vit_weights_,
     GroupChannelPatchEmbed,
     PatchEmbed,
     ViTBlock,
@@ -147,14 +148,7 @@ class SatMAEPPViT(nn.Module):
     def init_weights(self) -> None:
         """timm 0.3.2 init (trunc-normal 0.02 Linear/cls, LayerNorm 1/0), then the sin-cos tables."""
         trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_vit_weights_(self)
         copy_table_(self.pos_embed, sincos_pos_embed_2d(self.pos_embed.shape[-1], self.grid, self.grid, cls_token=True))
         if self.cfg.channel_groups is not None:
             groups = range(len(self.cfg.channel_groups))
