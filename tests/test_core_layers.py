@@ -453,6 +453,30 @@ def test_vit_block_reference_and_keys():
     assert "ls1.gamma" in ViTBlock(16, 4, init_values=1e-5).state_dict()
 
 
+@pytest.mark.parametrize("init_values", [None, 1e-2])
+def test_vit_block_fast_path_matches_plain_path(monkeypatch, init_values):
+    """CPU fp32 inference (oneDNN linears, fused GELU / residual adds) computes the plain block's
+    function; autograd, autocast and LayerScale blocks take the plain path."""
+    import vitsuite.core.layers.fast as fast_path
+
+    blk = ViTBlock(32, num_heads=4, qkv_bias=True, init_values=init_values).eval()
+    x = torch.randn(2, 7, 32)
+    with torch.no_grad():
+        got = blk(x)
+        assert fast_path.fast_inference(x) == fast_path._onednn_available()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fast_path.fast_inference(x)
+        monkeypatch.setattr(fast_path, "_ONEDNN", False)
+        plain = blk(x)
+    torch.testing.assert_close(got, plain, rtol=0, atol=1e-5)
+    monkeypatch.setattr(fast_path, "_ONEDNN", None)
+    with torch.enable_grad():
+        torch.testing.assert_close(blk(x).detach(), plain, rtol=0, atol=1e-5)
+    with torch.no_grad():  # the attention module alone, with and without a residual
+        h = torch.randn(2, 7, 32)
+        torch.testing.assert_close(blk.attn(h, residual=x), x + blk.attn(h), rtol=0, atol=1e-5)
+
+
 def ref_swin_block(blk: SwinBlock, x, H, W):
     (wh, ww), (sh, sw) = blk.window_size, blk.shift_size
     B, L, C = x.shape

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import vitsuite.core.layers.sr as sr
+import vitsuite.core.layers.fast as fast_path
 from conftest import reference_root
 from vitsuite.core.layers import relative_position_index, shifted_window_mask
 from vitsuite.models import build_model, count_model_parameters, from_official, load_official_checkpoint
@@ -131,10 +131,10 @@ def test_fast_path_matches_plain_path(monkeypatch, over):
     x = torch.rand(2, model.in_chans, 16, 24)
     with torch.no_grad():
         fast = model(x)
-        monkeypatch.setattr(sr, "_ONEDNN", False)
+        monkeypatch.setattr(fast_path, "_ONEDNN", False)
         plain = model(x)
     torch.testing.assert_close(fast, plain, rtol=0, atol=2e-5)
-    monkeypatch.setattr(sr, "_ONEDNN", None)
+    monkeypatch.setattr(fast_path, "_ONEDNN", None)
     with torch.enable_grad():
         torch.testing.assert_close(model(x).detach(), plain, rtol=0, atol=2e-5)
 

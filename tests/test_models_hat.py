@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-import vitsuite.core.layers.sr as sr
+import vitsuite.core.layers.fast as fast_path
 from conftest import reference_root
 from vitsuite.core.layers import overlapping_relative_position_index, relative_position_index, shifted_window_mask
 from vitsuite.core.layers.sr import shift_group_masks, window_plan
@@ -149,10 +149,10 @@ def test_fast_path_matches_plain_path(monkeypatch, over):
     x = torch.rand(2, c, 16, 24)
     with torch.no_grad():
         fast = model(x)
-        monkeypatch.setattr(sr, "_ONEDNN", False)
+        monkeypatch.setattr(fast_path, "_ONEDNN", False)
         plain = model(x)
     torch.testing.assert_close(fast, plain, rtol=0, atol=2e-5)
-    monkeypatch.setattr(sr, "_ONEDNN", None)
+    monkeypatch.setattr(fast_path, "_ONEDNN", None)
     with torch.enable_grad():  # eval with autograd also takes the plain path
         torch.testing.assert_close(model(x).detach(), plain, rtol=0, atol=2e-5)
 

@@ -17,8 +17,8 @@ from vitsuite.pipelines.medical.models.paratranscnn import (
     ParaTransCNN,
     ParaTransCNNConfig,
     detect_official,
-    winograd_conv3x3,
 )
+from vitsuite.core.layers.fast import winograd_conv3x3
 
 CASE = reference_root() / "paratranscnn" / "small"
 needs_fixture = pytest.mark.skipif(not CASE.is_dir(), reason=f"fixture missing: {CASE}")

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fast import fast_inference, linear, linear_add
+
 __all__ = [
     "attention",
     "Attention",
@@ -107,12 +109,21 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def forward(self, x: Tensor, bias: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+    def forward(self, x: Tensor, bias: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+                residual: Optional[Tensor] = None) -> Tensor:
+        """``x (B, N, C)`` -> ``(B, N, C)``; plus ``residual (B, N, C)`` when given (fused into ``proj``
+        on the CPU inference fast path, see :mod:`vitsuite.core.layers.fast`)."""
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        fast = not self.training and fast_inference(x)
+        qkv = linear(x, self.qkv.weight, self.qkv.bias, fast=fast) if fast else self.qkv(x)
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = attention(q, k, v, bias=bias, mask=mask, scale=self.scale,
                       dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, C)))
+        x = x.transpose(1, 2).reshape(B, N, C)
+        if fast and residual is not None:  # proj_drop is inactive in eval
+            return linear_add(x, residual, self.proj.weight, self.proj.bias, fast=True)
+        x = self.proj_drop(self.proj(x))
+        return x if residual is None else residual + x
 
 
 def transposed_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Union[Tensor, float]) -> Tensor:

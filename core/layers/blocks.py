@@ -14,6 +14,7 @@ from timm.layers import DropPath, LayerScale, Mlp, trunc_normal_
 from torch import Tensor, nn
 
 from .attention import Attention
+from .fast import fast_inference, mlp_residual
 from .windows import Size2, WindowAttention, shifted_window_mask, to_2tuple, window_partition, window_reverse
 
 __all__ = ["Mlp", "DropPath", "LayerScale", "trunc_normal_", "init_vit_weights_", "ViTBlock", "SwinBlock"]
@@ -58,8 +59,19 @@ class ViTBlock(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: Tensor, bias: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> Tensor:
+        if not self.training and fast_inference(x) and self._fusable():
+            # CPU fp32 inference: residual adds fused into proj / fc2, GELU into fc1 (oneDNN epilogues)
+            x = self.attn(self.norm1(x), bias=bias, mask=mask, residual=x)
+            return mlp_residual(self.mlp, self.norm2(x), x, fast=True)
         x = x + self.drop_path(self.ls1(self.attn(self.norm1(x), bias=bias, mask=mask)))
         return x + self.drop_path(self.ls2(self.mlp(self.norm2(x))))
+
+    def _fusable(self) -> bool:
+        """Whether the fused fast path computes this block: no LayerScale, timm ``Mlp`` with exact GELU."""
+        act, norm = getattr(self.mlp, "act", None), getattr(self.mlp, "norm", nn.Identity())
+        return (isinstance(self.ls1, nn.Identity) and isinstance(self.ls2, nn.Identity)
+                and type(act) is nn.GELU and act.approximate == "none" and isinstance(norm, nn.Identity)
+                and hasattr(self.mlp, "fc1") and hasattr(self.mlp, "fc2"))
 
 
 class SwinBlock(nn.Module):

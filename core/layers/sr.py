@@ -22,8 +22,8 @@ map, partitioning it, and adding a per-window ``(nW, N, N)`` mask to every head'
 
 The results equal the official computation (mask value -100, as in Swin) up to float rounding.
 
-Inference fast path (:func:`fast_inference`: CPU float32, no autograd, not tracing): token matmuls
-go through oneDNN (``torch.ops.mkldnn._linear_pointwise``, which Inductor uses; MKL's sgemm runs
+Inference fast path (:func:`~vitsuite.core.layers.fast.fast_inference`: CPU float32, no autograd,
+no autocast, not tracing): token matmuls go through oneDNN (``torch.ops.mkldnn._linear_pointwise``, which Inductor uses; MKL's sgemm runs
 widths such as 3*180 = 540 at ~60% of its speed for 576) with GELU / LeakyReLU / residual adds
 fused, and attention heads are zero-padded to multiples of 8 (qkv rows and proj columns padded
 with zeros: same result; the CPU flash-attention kernel is ~25% faster at head dim 32 than 30).
@@ -35,12 +35,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .fast import (derived, fast_inference, inplace_ok, keep_alive, linear, linear_add, pad_heads_in, pad_heads_out,
+                   padded_head_dim, tensor_key)
 from .windows import relative_position_index
 
 __all__ = [
@@ -51,147 +53,12 @@ __all__ = [
     "window_plan",
     "shift_group_masks",
     "SRWindowAttention",
-    "inplace_ok",
-    "fast_inference",
-    "linear",
-    "linear_add",
-    "derived",
-    "tensor_key",
-    "keep_alive",
-    "padded_head_dim",
-    "pad_heads_out",
-    "pad_heads_in",
-    "mlp_residual",
 ]
 
 #: RGB mean of DIV2K that SwinIR / HAT / DRCT subtract from 3-channel inputs.
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
 
 SHIFT_MASK_VALUE = -100.0  # Swin's additive value for token pairs from different pre-shift regions
-
-
-def inplace_ok(*tensors: Tensor) -> bool:
-    """True when in-place updates cannot break autograd (no grad mode, or nothing requires grad)."""
-    return not torch.is_grad_enabled() or not any(t.requires_grad for t in tensors)
-
-
-# ---------------------------------------------------------------------------------------------
-# inference fast path: oneDNN matmuls with fused activation / residual, derived-weight caches
-
-_ONEDNN: Optional[bool] = None
-
-
-def _onednn_available() -> bool:
-    """Whether ``torch.ops.mkldnn._linear_pointwise`` (the oneDNN matmul Inductor uses) works here."""
-    global _ONEDNN
-    if _ONEDNN is None:
-        try:
-            op = torch.ops.mkldnn._linear_pointwise
-            x, w = torch.ones(2, 3), torch.ones(4, 3)
-            _ONEDNN = bool(torch.backends.mkldnn.is_available()) and bool(
-                torch.equal(op(x, w, None, "none", [], ""), x @ w.t())
-                and torch.equal(op.binary(x, x @ w.t(), w, None, "add"), 2 * (x @ w.t())))
-        except Exception:  # older/other builds: plain PyTorch ops
-            _ONEDNN = False
-    return _ONEDNN
-
-
-def fast_inference(x: Tensor) -> bool:
-    """True when the inference fast path applies: CPU float32, no autograd, not tracing/scripting.
-
-    The fast path runs the token matmuls through oneDNN (``mkldnn._linear_pointwise``; MKL's sgemm
-    is ~40% slower for widths such as 3*180) with GELU / LeakyReLU / residual add fused, and pads
-    attention head dims to multiples of 8 (zero weights, identical results) for the SDPA kernel.
-    Export (tracing) and training take the plain path, which computes the same function.
-    """
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not torch.jit.is_tracing() and not torch.jit.is_scripting() and _onednn_available())
-
-
-def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
-           slope: float = 0.01, fast: bool = False) -> Tensor:
-    """``act(x @ weight.T + bias)`` with ``act`` in ``none`` / ``gelu`` (exact) / ``leaky_relu``."""
-    if fast:
-        if act == "gelu":
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
-        if act == "leaky_relu":
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "leaky_relu", [slope], "")
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-    y = F.linear(x, weight, bias)
-    if act == "gelu":
-        return F.gelu(y)
-    if act == "leaky_relu":
-        return F.leaky_relu(y, slope)
-    return y
-
-
-def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor], fast: bool = False) -> Tensor:
-    """``other + x @ weight.T + bias`` (one fused oneDNN call on the fast path)."""
-    if fast:
-        return torch.ops.mkldnn._linear_pointwise.binary(x, other.reshape(x.shape[:-1] + other.shape[-1:]),
-                                                         weight, bias, "add")
-    return other + F.linear(x, weight, bias)
-
-
-def tensor_key(*tensors: Tensor) -> tuple:
-    """Cache key of tensors' contents: version counters, storage pointers, devices and dtypes.
-
-    Optimizer steps and ``load_state_dict`` (in-place) bump the versions; ``.to()`` / ``.float()``
-    move the storage. Store :func:`keep_alive` of the same tensors with the cached value so an old
-    storage cannot be freed and its address reused by new weights while the entry exists.
-    """
-    return tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in tensors)
-
-
-def keep_alive(*tensors: Tensor) -> tuple:
-    """Detached views that pin the storages named in a :func:`tensor_key`."""
-    return tuple(t.detach() for t in tensors)
-
-
-def derived(module: nn.Module, name: str, sources: Sequence[Tensor], fn) -> Tensor:
-    """``fn()`` cached on ``module`` while ``sources`` (parameters) are unchanged (see :func:`tensor_key`).
-
-    Meant for inference-only derived weights (padded heads, pre-scaled matrices).
-    """
-    key = tensor_key(*sources)
-    store = module.__dict__.setdefault("_derived_cache", {})
-    hit = store.get(name)
-    if hit is not None and hit[0] == key:
-        return hit[2]
-    value = fn()
-    store[name] = (key, keep_alive(*sources), value)
-    return value
-
-
-def padded_head_dim(head_dim: int) -> int:
-    """Head dims are padded to multiples of 8 on the fast path (30 -> 32: ~25% faster SDPA on CPU)."""
-    return -(-head_dim // 8) * 8
-
-
-def pad_heads_out(weight: Tensor, n_chunks: int, heads: int, head_dim: int, padded: int) -> Tensor:
-    """Rows (or bias entries) laid out ``(n_chunks, heads, head_dim)`` -> ``(n_chunks, heads, padded)``
-    with zero padding; e.g. a qkv Linear whose outputs feed padded heads."""
-    if padded == head_dim:
-        return weight
-    w = weight.reshape(n_chunks, heads, head_dim, -1)
-    return F.pad(w, (0, 0, 0, padded - head_dim)).reshape(n_chunks * heads * padded, *weight.shape[1:])
-
-
-def pad_heads_in(weight: Tensor, heads: int, head_dim: int, padded: int) -> Tensor:
-    """Input columns laid out ``(heads, head_dim)`` -> ``(heads, padded)`` with zero columns (e.g. proj)."""
-    if padded == head_dim:
-        return weight
-    w = weight.reshape(weight.shape[0], heads, head_dim)
-    return F.pad(w, (0, padded - head_dim)).reshape(weight.shape[0], heads * padded)
-
-
-def mlp_residual(mlp: nn.Module, x: Tensor, residual: Tensor, fast: bool) -> Tensor:
-    """``residual + mlp(x)`` for a timm ``Mlp`` with GELU (fc1 + GELU and fc2 + add fused when fast)."""
-    if not fast:
-        m = mlp(x)
-        return residual.add_(m) if inplace_ok(residual, m) else residual + m
-    h = linear(x, mlp.fc1.weight, mlp.fc1.bias, "gelu", fast=True)
-    return linear_add(h, residual, mlp.fc2.weight, mlp.fc2.bias, fast=True)
 
 
 class Upsample(nn.Sequential):

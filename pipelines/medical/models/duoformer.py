@@ -18,7 +18,7 @@ Behaviour reproduced on purpose (see ``ARCH.md``):
 Speed: region tokens are gathered with reshapes instead of index tables; attention runs through SDPA;
 the last scale block and the last patch block compute only the row their consumer reads; on CPU
 float32 inference the projections run on oneDNN with GELU and residual adds fused (core
-``layers.sr.fast_inference``); the ResNet runs channels-last.
+``layers.fast.fast_inference``); the ResNet runs channels-last.
 """
 
 from __future__ import annotations
@@ -34,10 +34,9 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.layers import attention, trunc_normal_
-from vitsuite.core.layers.sr import fast_inference, linear, linear_add, mlp_residual
+from vitsuite.core.layers.fast import fast_inference, linear, linear_add, mlp_residual
+from vitsuite.core.layers.resnet import channels_last_safe, init_resnet_, resnet_stage
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
-
-from .paratranscnn import channels_last_safe, cpu_autocast_enabled, init_resnet_, resnet_stage
 
 FIELD = "medical"
 GRID = 7                                   # layer4 map of a 224 x 224 input: 49 regions
@@ -96,11 +95,6 @@ class DuoFormerConfig:
         return tuple(self.resnet_base_width * expansion * 2 ** i for i in range(4))
 
 
-def _fast(x: Tensor) -> bool:
-    # core's fast_inference plus: not under CPU autocast (SDPA would hand bf16 to the fp32 oneDNN path).
-    return fast_inference(x) and not cpu_autocast_enabled()
-
-
 class DuoAttention(nn.Module):
     """Multi-head self-attention with timm 0.9's layout: ``qkv`` (bias), optional per-head ``q_norm`` /
     ``k_norm`` (LayerNorm, eps 1e-5), ``proj``; the product runs in SDPA (core ``attention``).
@@ -124,7 +118,7 @@ class DuoAttention(nn.Module):
     def forward(self, x: Tensor, first_only: bool = False, residual: Tensor | None = None) -> Tensor:
         B, N, E = x.shape
         H, d = self.num_heads, self.head_dim
-        fast = _fast(x)
+        fast = fast_inference(x)
         w, b = self.qkv.weight, self.qkv.bias
         if first_only:  # keys/values of every token, the query of token 0 only
             q = linear(x[:, :1], w[:E], b[:E], fast=fast).view(B, 1, H, d).transpose(1, 2)
@@ -156,7 +150,7 @@ class ScaleBlock(nn.Module):
 
     def forward(self, x: Tensor, first_only: bool = False) -> Tensor:
         x = self.attn(self.norm1(x), first_only, residual=x[:, :1] if first_only else x)
-        return mlp_residual(self.mlp, self.norm2(x), x, _fast(x))
+        return mlp_residual(self.mlp, self.norm2(x), x, fast_inference(x))
 
 
 class PatchBlock(nn.Module):

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models.resnet import BasicBlock
 
 from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.layers import ViTBlock
+from vitsuite.core.layers.fast import use_winograd, winograd_conv3x3
+from vitsuite.core.layers.resnet import channels_last_safe, init_resnet_, resnet_stage
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "medical"
@@ -71,74 +72,6 @@ class SEBlock(nn.Module):
         return x * self.fc(x.mean((2, 3)))[:, :, None, None]
 
 
-# Winograd F(2x2, 3x3): a 3x3 conv as 16 GEMMs over 4x4 input tiles (2.25x fewer multiplies than
-# direct convolution). G is the standard kernel transform; kron(G, G) maps a flattened 3x3 kernel to
-# its 16 transformed taps. The input (B^T) and output (A^T) transforms are written out below.
-_WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
-_WINO_MIN_PIXELS = 512  # below this the per-call weight transform costs more than the GEMMs save
-
-
-def _wino_kernel_transform(like: Tensor) -> Tensor:
-    """kron(G, G) as a (16, 9) tensor on ``like``'s device/dtype (explicit device: safe under a meta context)."""
-    g = torch.tensor(_WINO_G, dtype=like.dtype, device=like.device)
-    return torch.einsum("ai,bj->abij", g, g).reshape(16, 9)
-
-
-def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """3x3 convolution, stride 1, padding 1, by Winograd F(2x2, 3x3) (inference helper).
-
-    Args:
-        x: (B, Cin, H, W), best channels-last (any H, W). weight: (Cout, Cin, 3, 3). bias: (Cout,) or None.
-
-    Returns:
-        (B, Cout, H, W) as a channels-last view, equal to ``F.conv2d(x, weight, bias, padding=1)`` up to
-        float32 rounding (measured more accurate than oneDNN's direct kernel against float64).
-    """
-    B, C, H, W = x.shape
-    Co = weight.shape[0]
-    th, tw = (H + 1) // 2, (W + 1) // 2
-    # Transformed weights (16, Cin, Cout): one (16 x 9) @ (9 x Cin) product per output channel; the
-    # permute is free for channels-last weights.
-    u = torch.matmul(_wino_kernel_transform(weight), weight.permute(0, 2, 3, 1).reshape(Co, 9, C)).permute(1, 2, 0)
-    # Input tiles: rows 2i..2i+3 / cols 2j..2j+3 of the zero-padded map; V = B^T d B done separably
-    # on strided views (B^T rows: d0-d2, d1+d2, d2-d1, d1-d3).
-    p = F.pad(x.permute(0, 2, 3, 1), (0, 0, 1, 1 + 2 * tw - W, 1, 1 + 2 * th - H))
-    r = [p[:, i:i + 2 * th:2] for i in range(4)]
-    v = x.new_empty(4, 4, B, th, tw, C)
-    for a, t in enumerate((r[0] - r[2], r[1] + r[2], r[2] - r[1], r[1] - r[3])):
-        c = [t[:, :, j:j + 2 * tw:2] for j in range(4)]
-        torch.sub(c[0], c[2], out=v[a, 0])
-        torch.add(c[1], c[2], out=v[a, 1])
-        torch.sub(c[2], c[1], out=v[a, 2])
-        torch.sub(c[1], c[3], out=v[a, 3])
-    m = torch.bmm(v.view(16, -1, C), u).view(4, 4, B, th, tw, Co)
-    # Y = A^T M A with A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], again separably; outputs interleave 2x2.
-    y = x.new_empty(B, th, 2, tw, 2, Co)
-    for i, s in enumerate((m[0] + m[1] + m[2], m[1] - m[2] - m[3])):
-        torch.add(s[0] + s[1], s[2], out=y[:, :, i, :, 0])
-        torch.sub(s[1] - s[2], s[3], out=y[:, :, i, :, 1])
-    y = y.view(B, 2 * th, 2 * tw, Co)[:, :H, :W]
-    if bias is not None:
-        y = y + bias
-    return y.permute(0, 3, 1, 2)
-
-
-def cpu_autocast_enabled() -> bool:
-    """``torch.is_autocast_enabled("cpu")`` (its device argument appeared in torch 2.4)."""
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch 2.3
-        return torch.is_autocast_cpu_enabled()
-
-
-def _use_winograd(x: Tensor) -> bool:
-    """Winograd pays on CPU float32 inference for large-enough maps; training, autocast, tracing and
-    GPUs (cuDNN picks its own algorithms) keep the library convolution."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not cpu_autocast_enabled() and not torch.jit.is_tracing()
-            and x.shape[-2] * x.shape[-1] >= _WINO_MIN_PIXELS)
-
-
 class DecoderBottleneckLayer(nn.Module):
     """Two (conv 3x3 with bias -> BN -> ReLU) at constant width. x (B, C, H, W) -> (B, C, H, W).
 
@@ -155,7 +88,7 @@ class DecoderBottleneckLayer(nn.Module):
 
     @staticmethod
     def _conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
-        return winograd_conv3x3(x, conv.weight, conv.bias) if _use_winograd(x) else conv(x)
+        return winograd_conv3x3(x, conv.weight, conv.bias) if use_winograd(x) else conv(x)
 
     def forward(self, x: Tensor) -> Tensor:
         x = torch.relu_(self.norm1(self._conv(self.conv1, x)))
@@ -186,39 +119,6 @@ class TransformerStage(nn.ModuleList):
         for blk in self:
             t = blk(t)
         return t.view(B, h, w, D).permute(0, 3, 1, 2)  # channels-last view of the token grid
-
-
-def resnet_stage(block: type[BasicBlock] | type[Bottleneck], inplanes: int, planes: int, blocks: int,
-                 stride: int) -> nn.Sequential:
-    """torchvision ResNet ``layerN`` at any width: ``blocks`` BasicBlocks/Bottlenecks, the first with
-    ``stride`` and a 1x1 conv + BN shortcut when the shape changes (torchvision's module names).
-
-    Input (B, inplanes, H, W) -> (B, planes * block.expansion, H / stride, W / stride).
-    """
-    out = planes * block.expansion
-    down = None
-    if stride != 1 or inplanes != out:
-        down = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
-    return nn.Sequential(block(inplanes, planes, stride, down), *(block(out, planes) for _ in range(blocks - 1)))
-
-
-def channels_last_safe(module: nn.Module) -> bool:
-    """Whether ``module`` may run channels-last: False when it holds a 1x1 stride-2 convolution with at most
-    8 input channels, whose channels-last CPU backward corrupts the heap in PyTorch 2.x (seen with 2.14;
-    only tiny test widths have such shortcuts, the paper models never do)."""
-    return not any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels <= 8
-                   for m in module.modules())
-
-
-def init_resnet_(module: nn.Module) -> None:
-    """torchvision's ResNet initialisation (what ``resnet34(weights=None)`` gives) on every conv/BN below
-    ``module``; the official models start from ImageNet weights, which a user loads from a checkpoint."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class ParaTransCNN(nn.Module):
@@ -370,5 +270,4 @@ _register("paratranscnn_synapse", "ParaTransCNN, Synapse multi-organ CT (9 class
 _register("paratranscnn_avt", "ParaTransCNN, AVT aortic vessel tree (2 classes)", num_classes=2)
 
 __all__ = ["ParaTransCNNConfig", "ParaTransCNN", "SEBlock", "DecoderBottleneckLayer", "TransformerStage",
-           "winograd_conv3x3", "resnet_stage", "init_resnet_", "channels_last_safe", "cpu_autocast_enabled",
            "config_from_official", "convert_official", "detect_official"]

@@ -23,16 +23,18 @@ import torch
 from torch import Tensor, nn
 
 from vitsuite.core.layers.blocks import DropPath, Mlp
-from vitsuite.core.layers.sr import (
-    PixelShuffleSR,
-    SRWindowAttention,
-    Upsample,
+from vitsuite.core.layers.fast import (
     derived,
     fast_inference,
     inplace_ok,
     linear,
     linear_add,
     mlp_residual,
+)
+from vitsuite.core.layers.sr import (
+    PixelShuffleSR,
+    SRWindowAttention,
+    Upsample,
 )
 from vitsuite.core.layers.windows import relative_position_index, to_2tuple
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official

@@ -29,10 +29,7 @@ from torch import Tensor, nn
 
 from vitsuite.core.layers.attention import ChannelAttention
 from vitsuite.core.layers.blocks import DropPath, Mlp
-from vitsuite.core.layers.sr import (
-    PixelShuffleSR,
-    SRWindowAttention,
-    Upsample,
+from vitsuite.core.layers.fast import (
     derived,
     fast_inference,
     inplace_ok,
@@ -44,6 +41,11 @@ from vitsuite.core.layers.sr import (
     pad_heads_out,
     padded_head_dim,
     tensor_key,
+)
+from vitsuite.core.layers.sr import (
+    PixelShuffleSR,
+    SRWindowAttention,
+    Upsample,
 )
 from vitsuite.core.layers.windows import (
     overlapping_relative_position_index,
