@@ -477,6 +477,18 @@ def test_vit_block_fast_path_matches_plain_path(monkeypatch, init_values):
         torch.testing.assert_close(blk.attn(h, residual=x), x + blk.attn(h), rtol=0, atol=1e-5)
 
 
+def test_swin_block_fast_path_matches_plain_path(monkeypatch):
+    import vitsuite.core.layers.fast as fast_path
+
+    blk = SwinBlock(32, 4, window_size=4, shift_size=2).eval()
+    x = torch.randn(2, 8 * 12, 32)
+    with torch.no_grad():
+        got = blk(x, (8, 12))
+        monkeypatch.setattr(fast_path, "_ONEDNN", False)
+        plain = blk(x, (8, 12))
+    torch.testing.assert_close(got, plain, rtol=0, atol=1e-5)
+
+
 def ref_swin_block(blk: SwinBlock, x, H, W):
     (wh, ww), (sh, sw) = blk.window_size, blk.shift_size
     B, L, C = x.shape

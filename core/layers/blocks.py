@@ -33,6 +33,13 @@ def init_vit_weights_(module: nn.Module, std: float = 0.02) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _gelu_mlp(mlp: nn.Module) -> bool:
+    """A timm ``Mlp`` = fc1 -> exact GELU -> fc2 (no norm), which :func:`mlp_residual` may fuse."""
+    act, norm = getattr(mlp, "act", None), getattr(mlp, "norm", nn.Identity())
+    return (type(act) is nn.GELU and act.approximate == "none" and isinstance(norm, nn.Identity)
+            and isinstance(getattr(mlp, "fc1", None), nn.Linear) and isinstance(getattr(mlp, "fc2", None), nn.Linear))
+
+
 class ViTBlock(nn.Module):
     """Pre-norm ViT block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
 
@@ -68,10 +75,7 @@ class ViTBlock(nn.Module):
 
     def _fusable(self) -> bool:
         """Whether the fused fast path computes this block: no LayerScale, timm ``Mlp`` with exact GELU."""
-        act, norm = getattr(self.mlp, "act", None), getattr(self.mlp, "norm", nn.Identity())
-        return (isinstance(self.ls1, nn.Identity) and isinstance(self.ls2, nn.Identity)
-                and type(act) is nn.GELU and act.approximate == "none" and isinstance(norm, nn.Identity)
-                and hasattr(self.mlp, "fc1") and hasattr(self.mlp, "fc2"))
+        return isinstance(self.ls1, nn.Identity) and isinstance(self.ls2, nn.Identity) and _gelu_mlp(self.mlp)
 
 
 class SwinBlock(nn.Module):
@@ -139,4 +143,6 @@ class SwinBlock(nn.Module):
             raise ValueError(f"got {L} tokens for a {H}x{W} map")
         y = self.window_attention(self.norm1(x).view(B, H, W, C)).reshape(B, L, C)
         x = x + self.drop_path(y)
+        if not self.training and fast_inference(x) and _gelu_mlp(self.mlp):
+            return mlp_residual(self.mlp, self.norm2(x), x, fast=True)  # GELU / residual fused (oneDNN)
         return x + self.drop_path(self.mlp(self.norm2(x)))

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
+from .fast import fast_inference, linear
 
 __all__ = [
     "to_2tuple",
@@ -239,7 +240,9 @@ class WindowAttention(_RelPosBiasMixin, nn.Module):
 
     def forward(self, x: Tensor, mask: Optional[Tensor] = None) -> Tensor:
         B_, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        fast = not self.training and fast_inference(x)  # oneDNN linears on CPU fp32 inference
+        qkv = linear(x, self.qkv.weight, self.qkv.bias, fast=True) if fast else self.qkv(x)
+        q, k, v = qkv.reshape(B_, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.relative_position_bias()  # (heads, N, N)
         if mask is not None:
             nW = mask.shape[0]
@@ -248,7 +251,10 @@ class WindowAttention(_RelPosBiasMixin, nn.Module):
             full = (bias.to(q.dtype)[None] + mask.to(q.dtype)[:, None])  # (nW, heads, N, N)
             bias = full.unsqueeze(0).expand(B_ // nW, -1, -1, -1, -1).reshape(B_, self.num_heads, N, N)
         x = attention(q, k, v, bias=bias, scale=self.scale, dropout_p=self.attn_drop if self.training else 0.0)
-        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B_, N, C)))
+        x = x.transpose(1, 2).reshape(B_, N, C)
+        if fast:
+            return linear(x, self.proj.weight, self.proj.bias, fast=True)
+        return self.proj_drop(self.proj(x))
 
 
 def overlapping_windows(x: Tensor, window_size: Size2, overlap_window_size: Size2) -> Tensor:
