@@ -296,12 +296,12 @@ class Trainer:
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch * 1009 + self.dist.rank)  # worker seeds
         common = dict(num_workers=cfg.num_workers, collate_fn=self.collate_fn, generator=gen,
                       pin_memory=self.device.type == "cuda")
+        if hasattr(self.dataset, "set_epoch"):  # datasets that draw random crops / degradations per epoch
+            self.dataset.set_epoch(epoch)
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)  # the permutation depends on (seed, epoch) only
             batches = list(BatchSampler(self.sampler, cfg.batch_size, drop_last=True))[skip:]
             return iter(DataLoader(self.dataset, batch_sampler=batches, **common))
-        if hasattr(self.dataset, "set_epoch"):
-            self.dataset.set_epoch(epoch)
         loader = DataLoader(self.dataset, batch_size=cfg.batch_size, drop_last=True, **common)
         return islice(iter(loader), skip, None)
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitsuite.core.layers.attention import DRSFORMER_TOPK_RATIOS, topk_sparse_probs
+from vitsuite.core.layers.fast import fast_inference, linear
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "restoration"
@@ -70,8 +71,9 @@ def _nhwc(x: Tensor) -> Tensor:
 
 
 def _pointwise(x: Tensor, conv: nn.Conv2d) -> Tensor:
-    """A 1x1 ``conv`` applied to ``(B, H, W, Cin)`` as one GEMM -> ``(B, H, W, Cout)``."""
-    return F.linear(x, conv.weight.flatten(1), conv.bias)
+    """A 1x1 ``conv`` applied to ``(B, H, W, Cin)`` as one GEMM -> ``(B, H, W, Cout)`` (oneDNN on the CPU
+    inference fast path: ~2x MKL's sgemm for these narrow widths)."""
+    return linear(x, conv.weight.flatten(1), conv.bias, fast=not conv.training and fast_inference(x))
 
 
 def _depthwise_rows(x: Tensor, weight: Tensor, bias: Tensor | None, r0: int, r1: int) -> Tensor:
