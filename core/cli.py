@@ -44,6 +44,15 @@ def add_runtime_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
 
 
+def add_demo_arguments(parser: argparse.ArgumentParser, checkpoint_help: str) -> None:
+    """A pipeline's ``demo`` command: ``--checkpoint``, ``--host`` (127.0.0.1 by default: this machine
+    only), ``--port``, ``--max-file-size`` (upload limit)."""
+    parser.add_argument("--checkpoint", help=checkpoint_help)
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--max-file-size", default="20mb", help="upload size limit (gradio syntax, e.g. 5mb)")
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and call the chosen sub-command's ``func(args)``; map errors to exit codes."""
     apply_offline_env()

@@ -35,7 +35,7 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Literal, Mapping
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, IterableDataset
 
 from .checkpoint import read_checkpoint, save_checkpoint
+from .config import Config
 from .distributed import all_gather_objects, cleanup_distributed, init_distributed
 from .errors import CheckpointError, ConfigError
 from .fileio import atomic_write_text
@@ -99,6 +100,27 @@ class TrainConfig:
             raise ConfigError("train.max_steps and train.batch_size must be >= 1")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"train.ema_decay: {self.ema_decay} is not in [0, 1)")
+
+
+class TrainSectionBase(Config):
+    """The knobs every pipeline's YAML ``train`` section shares (pipelines subclass it, add their own
+    fields and change defaults, then map it onto :class:`TrainConfig`)."""
+
+    batch_size: int = 32  # per rank
+    lr: float = 1e-3
+    optimizer: Literal["adam", "adamw"] = "adamw"
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    ema_decay: float = 0.0  # 0 = no EMA
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    log_every: int = 50
+    seed: int = 0
+    num_workers: int = 0
+    output_dir: str = "runs/train"
+    resume: bool | str = False  # False | True | "auto" | a checkpoint path
+    device: str = "auto"
+    progress: bool = True
 
 
 def lr_factor(step: int, cfg: TrainConfig) -> float:

@@ -18,7 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
-from vitsuite.core.cli import add_config_arguments, console_entry, make_parser
+from vitsuite.core.cli import add_config_arguments, add_demo_arguments, console_entry, make_parser
 from vitsuite.core.config import load_config
 from vitsuite.core.errors import ConfigError, InputError, UserError
 
@@ -233,10 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="Gradio demo: upload a CSV, pick columns and horizon")
-    p.add_argument("--checkpoint", help=ckpt_help)
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--max-file-size", default="20mb", help="upload size limit (gradio syntax, e.g. 5mb)")
+    add_demo_arguments(p, ckpt_help)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("export", help="export to ONNX or TorchScript with a parity check")

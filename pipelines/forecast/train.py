@@ -28,7 +28,7 @@ from torch import nn
 from vitsuite.core.checkpoint import read_checkpoint
 from vitsuite.core.config import Config, config_to_dict
 from vitsuite.core.errors import ConfigError
-from vitsuite.core.train import TrainConfig, Trainer
+from vitsuite.core.train import TrainConfig, Trainer, TrainSectionBase
 
 from .data import DataConfig, Prepared, _already_batched, load_series, prepare
 from .evaluate import EvalConfig, evaluate, format_table, model_forward, write_report
@@ -48,28 +48,18 @@ class ModelConfig(Config):
     use_norm: bool | None = None
 
 
-class TrainSection(Config):
-    """The ``train`` section (mapped onto :class:`vitsuite.core.train.TrainConfig`)."""
+class TrainSection(TrainSectionBase):
+    """The ``train`` section (mapped onto :class:`vitsuite.core.train.TrainConfig`); shared knobs in the base."""
 
     epochs: int = 10
     max_steps: int | None = None  # overrides epochs when set
     batch_size: int = 32  # per rank
     lr: float = 1e-4
     optimizer: Literal["adam", "adamw"] = "adam"
-    weight_decay: float = 0.0
     lradj: Literal["type1", "cosine", "constant"] = "type1"  # type1: halve the LR after every epoch (authors)
-    warmup_steps: int = 0
-    grad_clip: float = 0.0
-    ema_decay: float = 0.0
-    amp: Literal["none", "bf16", "fp16"] = "none"
     val_every: int | None = None  # steps; None: once per epoch
-    log_every: int = 50
     seed: int = 2023
-    num_workers: int = 0
     output_dir: str = "runs/forecast"
-    resume: bool | str = False
-    device: str = "auto"
-    progress: bool = True
 
 
 class ForecastConfig(Config):
