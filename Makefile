@@ -22,11 +22,14 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
-# The main job on the bundled default: forecast the future of a real NREL TMY3 weather file with the
-# bundled iTransformer weights (CSV + plot in outputs/forecast/).
+# The main jobs on the bundled defaults: forecast the future of a real NREL TMY3 weather file with the
+# bundled iTransformer weights (CSV + plot in outputs/forecast/), super-resolve (light HAT x2) and
+# derain (light DRSformer) the bundled sample photos (outputs/restoration/{sr,derain}/).
 demo: $(STAMP)
 	$(BIN)/vitsuite models
 	$(BIN)/vitsuite-forecast predict -o outputs/forecast
+	$(BIN)/vitsuite-restore predict --task sr -o outputs/restoration/sr
+	$(BIN)/vitsuite-restore predict --task derain -o outputs/restoration/derain
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -21,32 +21,14 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def _peak_rss_mb() -> float:
-    """Peak RSS of this process image. ``VmHWM`` (Linux) starts afresh at exec; ``ru_maxrss`` does not:
-    it keeps the high-water mark of the forked parent's pages, which inflated the child's number when
-    the parent had run the throughput benchmark first."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from memory import peak_rss_mb, rss_mb  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- throughput
@@ -150,7 +132,7 @@ def memory_child(path: str, batches: int = 200, batch_size: int = 32) -> dict:
     from vitsuite.pipelines.forecast.data import DataConfig, load_series, prepare
 
     torch.set_num_threads(1)
-    base = _rss_mb()
+    base = rss_mb()
     t0 = time.perf_counter()
     cfg = DataConfig(path=path, seq_len=96, pred_len=96)
     series = load_series(cfg)
@@ -163,7 +145,7 @@ def memory_child(path: str, batches: int = 200, batch_size: int = 32) -> dict:
         b = ds.__getitems__(rng.integers(0, len(ds), batch_size).tolist())
     t_batches = time.perf_counter() - t1
     data_mb = (series.values.nbytes + series.timestamps.nbytes) / 2**20
-    peak = _peak_rss_mb()
+    peak = peak_rss_mb()
     return {"rows": len(series), "variates": len(series.columns), "windows_train": len(ds),
             "data_mb": round(data_mb, 1), "baseline_rss_mb": round(base, 1), "peak_rss_mb": round(peak, 1),
             "peak_increase_mb": round(peak - base, 1), "peak_increase_over_data": round((peak - base) / data_mb, 3),

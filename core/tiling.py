@@ -19,6 +19,14 @@ If the image is smaller, that dim gets a single tile of ``round_up(size, multipl
 ``pad_mode`` (so ``multiple_of=tile`` forces a fixed model input size, and ``tile >= image`` with
 ``multiple_of=1`` is exactly the plain call).
 
+``align`` (default 1: the placement above) puts every tile start at a multiple of ``align`` and
+rounds the tile up to a multiple of it: the fewest aligned tiles with steps ``<= tile - overlap`` are
+spread from 0 to ``round_up(size, align) - tile``, so the last tile may run up to ``align - 1`` px
+past the image end (padded with ``pad_mode``, cropped from the output). For window-attention models
+(Swin/HAT, window ``w``) ``align=w`` and ``multiple_of=w`` keep every tile's window grid on the
+untiled run's grid, and the last tile sees exactly the bottom/right padding the untiled model adds
+itself; for U-Nets with ``k`` 2x downsamplings ``align=2**k`` keeps the pooling phases.
+
 Blending: each tile's output is multiplied by a separable weight map; weighted outputs and weights are
 accumulated and divided at the end. Weights only fall off on sides that touch another tile, never at
 the image border. ``margin`` (input px) zeroes the weight of the first pixels of every shared side,
@@ -187,34 +195,40 @@ def _profile(n: int, lo: int, hi: int, blend: str, m: int) -> torch.Tensor:
 
 
 def plan_tiles(shape: Sequence[int], tile: IntOrSeq, overlap: IntOrSeq = 0, scale: int = 1, *,
-               multiple_of: IntOrSeq = 1) -> TilePlan:
+               multiple_of: IntOrSeq = 1, align: IntOrSeq = 1) -> TilePlan:
     """Place tiles over a spatial ``shape`` (e.g. ``(H, W)`` or ``(D, H, W)``); see the module docstring.
 
-    ``tile``, ``overlap`` (input px) and ``multiple_of`` are ints or per-dim tuples; ``scale`` is the
-    integer output/input size ratio. Requires ``0 <= overlap < tile``.
+    ``tile``, ``overlap`` (input px), ``multiple_of`` and ``align`` are ints or per-dim tuples;
+    ``scale`` is the integer output/input size ratio. Requires ``0 <= overlap < tile`` and, with
+    ``align > 1``, ``tile - overlap >= align`` (the tile is first rounded up to a multiple of
+    ``lcm(multiple_of, align)``).
     """
     shape = tuple(int(n) for n in shape)
     nd = len(shape)
     if nd == 0 or min(shape) < 1:
         raise InputError(f"cannot tile an input of spatial shape {shape}")
     tiles, overlaps = _per_dim(tile, nd, "tile", 1), _per_dim(overlap, nd, "overlap", 0)
-    mult = _per_dim(multiple_of, nd, "multiple_of", 1)
+    mult, aligns = _per_dim(multiple_of, nd, "multiple_of", 1), _per_dim(align, nd, "align", 1)
     if not isinstance(scale, int) or scale < 1:
         raise UserError(f"scale={scale!r} must be an int >= 1")
     eff, starts = [], []
-    for n, t, o, m in zip(shape, tiles, overlaps, mult):
-        t = _round_up(t, m)
+    for n, t, o, m, a in zip(shape, tiles, overlaps, mult, aligns):
+        t = _round_up(t, math.lcm(m, a))
         if o >= t:
             raise UserError(f"overlap={o} must be smaller than the tile size {t}")
         if n <= t:  # one tile; smaller than `tile` but padded to a multiple of `multiple_of`
             eff.append(_round_up(n, m))
             starts.append((0,))
             continue
-        count = -(-(n - t) // (t - o)) + 1  # fewest tiles with steps <= tile - overlap
+        # in units of `align` (a = 1: pixels): first tile at 0, last at round_up(n, a) - t (for a = 1
+        # shifted inward, never padded), steps <= tile - overlap spread evenly so no tile nearly
+        # duplicates its neighbour
+        span, step = (_round_up(n, a) - t) // a, (t - o) // a
+        if step < 1:
+            raise UserError(f"tile {t} - overlap {o} must be at least align={a} (tile starts are multiples of it)")
+        count = -(-span // step) + 1  # fewest tiles with steps <= tile - overlap
         eff.append(t)
-        # first tile at 0, last at n - t (shifted inward, never padded), steps spread evenly so no
-        # tile nearly duplicates its neighbour
-        starts.append(tuple(i * (n - t) // (count - 1) for i in range(count)))
+        starts.append(tuple(i * span // (count - 1) * a for i in range(count)))
     return TilePlan(shape, tuple(eff), overlaps, scale, tuple(starts))
 
 
@@ -326,22 +340,24 @@ def tiled_inference(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor],
                     overlap: IntOrSeq = 0, *, scale: int = 1, tile_batch: int = 1, blend: str = "linear",
                     margin: IntOrSeq = 0, pad_mode: str = "reflect", multiple_of: IntOrSeq = 1,
                     out_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, align: IntOrSeq = 1) -> torch.Tensor:
     """Apply ``fn`` to overlapping tiles of ``x`` and blend the results.
 
     ``x``: ``(B, C, *spatial)``. ``fn``: ``(N, C, *tile) -> (N, C_out, *tile * scale)`` with
     ``N = B * k`` for ``k <= tile_batch`` tiles per call (tile-major), called under ``torch.no_grad``
     on ``device`` (default: ``x.device``); the accumulator and result stay on ``x.device``.
-    ``tile`` / ``overlap`` / ``margin`` / ``multiple_of`` are in input pixels, int or per spatial dim;
+    ``tile`` / ``overlap`` / ``margin`` / ``multiple_of`` / ``align`` are in input pixels, int or per
+    spatial dim (``align``: tile starts at multiples of it, see :func:`plan_tiles`);
     ``blend``: ``linear`` | ``gaussian`` | ``constant``; ``pad_mode``: ``reflect`` | ``replicate`` |
-    ``constant`` for tiles that must be padded (image smaller than the tile or ``multiple_of``).
+    ``constant`` for tiles that must be padded (image smaller than the tile or ``multiple_of``, or
+    an aligned last tile running past the image end).
     Returns ``(B, C_out, *spatial * scale)`` of dtype ``out_dtype`` (default: ``fn``'s output dtype).
     """
     if not isinstance(x, torch.Tensor) or x.dim() < 3:
         raise InputError(f"expected a tensor (B, C, *spatial), got {getattr(x, 'shape', type(x))}")
     if pad_mode not in PAD_MODES:
         raise UserError(f"pad_mode={pad_mode!r} must be one of {', '.join(PAD_MODES)}")
-    plan = plan_tiles(x.shape[2:], tile, overlap, scale, multiple_of=multiple_of)
+    plan = plan_tiles(x.shape[2:], tile, overlap, scale, multiple_of=multiple_of, align=align)
     out: list[torch.Tensor] = []
 
     def write(slices, band):
@@ -430,7 +446,7 @@ def tiled_inference_stream(reader: TileReader, writer: TileWriter, fn: Callable[
                            tile: IntOrSeq, overlap: IntOrSeq = 0, *, scale: int = 1, tile_batch: int = 1,
                            blend: str = "linear", margin: IntOrSeq = 0, multiple_of: IntOrSeq = 1,
                            out_dtype: torch.dtype | None = None, device: torch.device | str | None = None,
-                           progress: bool = False) -> TilePlan:
+                           progress: bool = False, align: IntOrSeq = 1) -> TilePlan:
     """Streaming :func:`tiled_inference` for inputs larger than memory; same tiles and result.
 
     Reads ``(C, *tile)`` tiles from ``reader`` (shape ``(C, *spatial)``; it does the padding) in raster
@@ -442,7 +458,7 @@ def tiled_inference_stream(reader: TileReader, writer: TileWriter, fn: Callable[
     shape = tuple(reader.shape)
     if len(shape) < 2:
         raise InputError(f"reader.shape must be (C, *spatial), got {shape}")
-    plan = plan_tiles(shape[1:], tile, overlap, scale, multiple_of=multiple_of)
+    plan = plan_tiles(shape[1:], tile, overlap, scale, multiple_of=multiple_of, align=align)
 
     def read(slices):
         t = reader.read(slices)
