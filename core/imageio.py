@@ -275,7 +275,8 @@ def _decode_pil(data: bytes, path: Path) -> np.ndarray:
 def write_image(
     path: str | Path, image: np.ndarray, bit_depth: int = 8, *, drop_alpha: bool = False
 ) -> Path:
-    """Write ``image`` (float ``(H, W, C)`` or ``(H, W)`` in ``[0, 1]``, C in 1..4) atomically; return ``path``.
+    """Write ``image`` (float ``(H, W, C)`` or ``(H, W)`` in ``[0, 1]``, C in 1..4, or already quantised
+    uint8 / uint16 samples) atomically; return ``path``.
 
     The format comes from the extension. Values are clipped to ``[0, 1]`` and *rounded* to the
     integer grid. ``bit_depth`` (8, 16 or 32) is the requested precision; each format stores as
@@ -298,8 +299,23 @@ def write_image(
     if bit_depth not in (8, 16, 32):
         raise UserError(f"bit depth must be 8, 16 or 32, got {bit_depth}", path=path)
     image = np.asarray(image)
+    if image.dtype in (np.uint8, np.uint16):
+        # already quantised samples (e.g. written band by band by a tiled predictor): stored as they
+        # are, at their own depth (uint16 -> 16-bit where the format allows, else rescaled to 8)
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.dtype == np.uint16 and _MAX_WRITE_DEPTH[ext] < 16:
+            image = (image.astype(np.uint32) * 255 + 32767) // 65535
+            image = image.astype(np.uint8)
+        if ext in _NO_ALPHA_EXTS and image.shape[2] in (2, 4):
+            if not drop_alpha:
+                raise UserError(f"{ext[1:].upper()} cannot store an alpha channel; pass drop_alpha=True", path=path)
+            image = image[:, :, : image.shape[2] - 1]
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(_encode(np.ascontiguousarray(image), ext))
+        return path
     if not np.issubdtype(image.dtype, np.floating):
-        raise TypeError(f"write_image expects a float image in [0, 1], got dtype {image.dtype}")
+        raise TypeError(f"write_image expects a float image in [0, 1] or uint8/uint16 samples, got dtype {image.dtype}")
     if image.ndim == 2:
         image = image[:, :, None]
     if image.ndim != 3 or image.shape[2] not in _MODES or image.shape[0] == 0 or image.shape[1] == 0:

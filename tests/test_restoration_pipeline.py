@@ -145,3 +145,18 @@ def test_export_matches_eager(trained, tmp_path, capsys):
     assert cli("export", "--checkpoint", trained, "-o", tmp_path / "tiny.onnx", "--tile", "16") == 0
     assert (tmp_path / "tiny.onnx").is_file()
     assert "max |exported - eager|" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("depth", [8, 16])
+def test_streamed_integer_output_equals_rounded_restore(trained, photos, depth):
+    """The large-image path (tiles streamed band by band into integer samples) gives the rounded
+    result of the float path, without a float copy of the output."""
+    from vitsuite.pipelines.restoration.predict import PredictOptions
+
+    r = Restorer.load(trained)
+    lq, _ = read_image(photos["lq"] / "chelseax2.png")
+    opts = PredictOptions(tile=12, overlap=8)
+    q = r.restore_quantized(lq, depth, opts)
+    ref = r.restore(lq, opts) * (255 if depth == 8 else 65535)
+    assert q.dtype == (np.uint8 if depth == 8 else np.uint16) and q.shape == (48, 52, 3)
+    assert np.abs(q.astype(np.float64) - ref).max() <= 0.5 + 1e-3

@@ -445,6 +445,48 @@ class Restorer:
                                 f"{self.scale} (does meta['scale'] match the model?)")
             return y.clamp_(0, 1)
 
+    def restore_quantized(self, image: np.ndarray, bit_depth: int, options: PredictOptions | None = None, *,
+                          source: str | os.PathLike | None = None) -> np.ndarray:
+        """Large-image path: RGB ``(H, W, 3)`` float32 in [0, 1] -> ``(H*s, W*s, 3)`` uint8 (``bit_depth`` 8)
+        or uint16 (16), the same values :meth:`restore` gives once rounded.
+
+        Tiles stream through :func:`vitsuite.core.tiling.tiled_inference_stream` and each finished band
+        of output rows is rounded straight into the integer result, so no float32 copy of the (scale^2
+        times larger) output ever exists: memory is the tile's model activations + one band + the
+        integer output. Images that run untiled (not larger than the tile) take :meth:`restore`.
+        """
+        from vitsuite.core.runtime import resolve_device
+        from vitsuite.core.tiling import ArrayReader, tiled_inference_stream
+
+        o = options or PredictOptions()
+        image = _as_unit_float(image, source)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise InputError(f"restore_quantized takes RGB (H, W, 3), got {image.shape}", path=source)
+        H, W = image.shape[:2]
+        ts = self.tile_settings(o)
+        max_value = {8: 255.0, 16: 65535.0}[bit_depth]
+        if min(H, W) < MIN_SIDE or not ts.tile or (H <= ts.tile and W <= ts.tile):
+            return np.rint(self.restore(image, o, source=source) * max_value).astype(np.uint8 if bit_depth == 8 else np.uint16)
+        device = self.device if o.device is None else resolve_device(o.device)
+        if device != self.device:
+            self.model.to(device)
+        fn = self._forward(o, device)
+        s = self.scale
+        out = np.empty((H * s, W * s, 3), np.uint8 if bit_depth == 8 else np.uint16)
+
+        class _QuantizingWriter:
+            def write(self, slices, band: torch.Tensor) -> None:  # band (3, rows, W*s) float32
+                rows = band.clamp(0, 1).mul_(max_value).round_().permute(1, 2, 0).numpy()
+                out[slices[0], slices[1]] = rows
+
+        reader = ArrayReader(np.moveaxis(image, -1, 0), pad_mode="reflect")  # (3, H, W) view, tiles copied
+        with torch.inference_mode():
+            tiled_inference_stream(reader, _QuantizingWriter(), fn, ts.tile, ts.overlap, scale=s,
+                                   tile_batch=o.tile_batch, blend=o.blend, margin=ts.margin,
+                                   multiple_of=ts.multiple_of, align=ts.align, out_dtype=torch.float32,
+                                   device=device, progress=o.progress)
+        return out
+
     def restore(self, image: np.ndarray, options: PredictOptions | None = None, *,
                 source: str | os.PathLike | None = None) -> np.ndarray:
         """``(H, W, C)`` (or ``(H, W)``) float in [0, 1], C = 1..4 -> ``(H*s, W*s, C)`` float32 in [0, 1].
@@ -609,6 +651,10 @@ def predict_paths(restorer: Restorer, inputs: str | os.PathLike | Sequence[str |
     else:
         def process(src: Path, dst: Path) -> dict:
             img, info = read_image(src)
+            depth = info.bit_depth if bit_depth == "same" else int(bit_depth)
+            stored = min(depth, {".png": 16, ".tif": 32, ".tiff": 32}.get(dst.suffix.lower(), 8))
+            if info.channels == 3 and stored in (8, 16):  # RGB: stream the tiles into integer samples
+                return write(dst, restorer.restore_quantized(img, stored, o, source=src), info)
             return write(dst, restorer.restore(img, o, source=src), info)
 
     return run_batch(files, output_dir, process, suffix=suffix, ext=ext, skip_existing=skip_existing,
