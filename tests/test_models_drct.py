@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import vitsuite.core.layers.fast as fast_path
 from conftest import reference_root
+from model_helpers import randomize_
 from vitsuite.core.layers import relative_position_index, shifted_window_mask
 from vitsuite.models import build_model, count_model_parameters, from_official, load_official_checkpoint
 from vitsuite.pipelines.restoration.models import drct as drct_mod
@@ -31,19 +32,9 @@ SMALL = dict(upscale=2, in_chans=3, img_size=16, window_size=4, compress_ratio=3
              upsampler="pixelshuffle", resi_connection="1conv", gc=10, drop_path_rate=0.0)
 
 
+
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
-            else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
-
-
+    return randomize_(model, seed)
 def _small(**over) -> torch.nn.Module:
     return _randomize(from_official("drct", {**SMALL, **over}))
 

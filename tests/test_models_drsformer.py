@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from conftest import reference_root
+from model_helpers import randomize_
 from vitsuite.core.checkpoint import save_checkpoint
 from vitsuite.core.registry import detect_official as detect_all
 from vitsuite.models import count_model_parameters, from_official, load_official_checkpoint
@@ -37,18 +38,9 @@ OTHER = [
 ]
 
 
+
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial weights (as the fixture does): biases, norm affines, temperatures and attn1..4 matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
-            else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.2)
-    return model.eval()
-
-
+    return randomize_(model, seed, vector_scale=0.2)
 def _small(seed: int = 0, **over) -> drs.DRSformer:
     kw = {**OTHER[1], **over}
     return _randomize(from_official("drsformer", kw), seed)

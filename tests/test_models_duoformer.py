@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import reference_root
+from model_helpers import assert_detector_rejects_other_families
 from vitsuite.core.checkpoint import save_checkpoint
 from vitsuite.models import build_model, count_model_parameters, load_official_checkpoint
 from vitsuite.pipelines.medical.models.duoformer import (
@@ -78,11 +79,7 @@ def test_other_configuration_round_trip(tmp_path):
 
 
 def test_detector_rejects_other_families():
-    paths = [p for p in reference_root().glob("*/*/state_dict.safetensors") if p.parts[-3] != "duoformer"]
-    if not paths:
-        pytest.skip("no other fixtures")
-    for p in paths:
-        assert detect_official(load_file(str(p))) is None, p
+    assert_detector_rejects_other_families("duoformer", detect_official)
 
 
 def test_first_row_shortcuts_match_full_blocks():

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 import vitsuite.core.layers.fast as fast_path
 from conftest import reference_root
+from model_helpers import randomize_
 from vitsuite.core.layers import overlapping_relative_position_index, relative_position_index, shifted_window_mask
 from vitsuite.core.layers.sr import shift_group_masks, window_plan
 from vitsuite.models import build_model, count_model_parameters, from_official, load_official_checkpoint
@@ -33,20 +34,9 @@ SMALL = dict(upscale=4, in_chans=3, img_size=16, window_size=4, compress_ratio=3
              upsampler="pixelshuffle", resi_connection="1conv", drop_path_rate=0.0)
 
 
+
 def _randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial weights (as the fixtures do): biases, norm affines and bias tables all matter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "relative_position_bias_table" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
-            elif p.dim() > 1:
-                p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
-            else:
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
-    return model.eval()
-
-
+    return randomize_(model, seed)
 def _small(**over) -> torch.nn.Module:
     return _randomize(from_official("hat", {**SMALL, **over}))
 

@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import reference_root
+from model_helpers import assert_detector_rejects_other_families
 from vitsuite.core.checkpoint import save_checkpoint
 from vitsuite.models import count_model_parameters, load_official_checkpoint
 from vitsuite.pipelines.medical.models.hbformer import HBFormer, HBFormerConfig, detect_official, official_window
@@ -74,11 +75,7 @@ def test_other_configuration_round_trip(tmp_path):
 
 
 def test_detector_rejects_other_families():
-    paths = [p for p in reference_root().glob("*/*/state_dict.safetensors") if p.parts[-3] != "hbformer"]
-    if not paths:
-        pytest.skip("no other fixtures")
-    for p in paths:
-        assert detect_official(load_file(str(p))) is None, p
+    assert_detector_rejects_other_families("hbformer", detect_official)
 
 
 def _small() -> HBFormer:
