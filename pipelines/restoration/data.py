@@ -28,6 +28,7 @@ from vitsuite.core.errors import ConfigError, InputError
 from vitsuite.core.imageio import IMAGE_EXTS, read_image
 
 __all__ = [
+    "SKIMAGE",
     "SKIMAGE_HOLDOUT",
     "SKIMAGE_TRAIN",
     "PairedImageDataset",
@@ -476,6 +477,8 @@ _SKIMAGE_PHOTOS = (
 _SKIMAGE_GRAPHICS = ("colorwheel", "logo")
 
 #: Evaluation photos: four varied colour images (portrait, food, animal fur, outdoor scene).
+#: data-source name for the real photographs bundled with scikit-image (split below)
+SKIMAGE = "skimage"
 SKIMAGE_HOLDOUT = ("astronaut", "coffee", "chelsea", "rocket")
 #: Training photos: every other bundled photograph (colour and gray), never the hold-out ones.
 SKIMAGE_TRAIN = tuple(name for name in _SKIMAGE_PHOTOS if name not in SKIMAGE_HOLDOUT)

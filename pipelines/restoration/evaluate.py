@@ -27,11 +27,10 @@ import torch
 from vitsuite.core.errors import InputError
 from vitsuite.core.fileio import atomic_write_text
 
-from .data import SKIMAGE_HOLDOUT, SyntheticPairDataset, pair_by_stem, read_rgb, skimage_images
+from .data import SKIMAGE, SKIMAGE_HOLDOUT, SyntheticPairDataset, pair_by_stem, read_rgb, skimage_images
 from .metrics import psnr, ssim
 from .predict import PredictOptions, Restorer
 
-SKIMAGE = "skimage"
 
 
 def paired_folder(lq_dir: str | os.PathLike, gt_dir: str | os.PathLike, lq_suffix: str = "") -> Iterator[tuple[str, np.ndarray, np.ndarray]]:

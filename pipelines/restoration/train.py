@@ -29,12 +29,12 @@ from vitsuite.core.config import Config, config_to_dict
 from vitsuite.core.errors import ConfigError
 from vitsuite.core.train import TrainConfig, Trainer, TrainSectionBase
 
-from .data import SKIMAGE_HOLDOUT, SKIMAGE_TRAIN, PairedImageDataset, SyntheticPairDataset, pair_by_stem, skimage_images
+from .data import (SKIMAGE, SKIMAGE_HOLDOUT, SKIMAGE_TRAIN, PairedImageDataset, SyntheticPairDataset, pair_by_stem,
+                   skimage_images)
 from .evaluate import baseline
 from .metrics import psnr, ssim
 from .predict import Restorer
 
-SKIMAGE = "skimage"  # data source name: scikit-image's bundled photographs (train / holdout split in data.py)
 
 
 class DataSection(Config):

@@ -39,7 +39,7 @@ from vitsuite.core.layers.sr import (
 from vitsuite.core.layers.windows import relative_position_index, to_2tuple
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
-from .hat import _init_weights, _PatchNorm, _ratio_for, check_official_kwargs, drop_path_schedule
+from .hat import _init_weights, _PatchNorm, _ratio_for, drop_path_schedule, official_config
 
 FIELD = "restoration"
 
@@ -214,11 +214,7 @@ IGNORED_OFFICIAL = ("compress_ratio", "squeeze_factor", "conv_scale", "overlap_r
 
 def config_from_official(kwargs: Mapping[str, Any]) -> DRCTConfig:
     """The official ``DRCT(**kwargs)`` arguments -> :class:`DRCTConfig` (class defaults fill gaps)."""
-    check_official_kwargs(kwargs, "DRCT")
-    cfg = {k: kwargs.get(k, v) for k, v in _DEFAULTS.items()}
-    img = to_2tuple(cfg["img_size"])
-    cfg["img_size"] = img[0] if img[0] == img[1] else img
-    return DRCTConfig(**cfg)
+    return official_config(kwargs, _DEFAULTS, DRCTConfig, "DRCT")
 
 
 def convert_official(sd: Mapping[str, Tensor], kwargs: Mapping[str, Any] | None = None) -> dict[str, Tensor]:

@@ -370,13 +370,19 @@ def check_official_kwargs(kwargs: Mapping[str, Any], name: str) -> None:
         raise ValueError(f"{name}: only norm_layer=LayerNorm is supported")
 
 
-def config_from_official(kwargs: Mapping[str, Any]) -> HATConfig:
-    """The official ``HAT(**kwargs)`` arguments -> :class:`HATConfig` (class defaults fill gaps)."""
-    check_official_kwargs(kwargs, "HAT")
-    cfg = {k: kwargs.get(k, v) for k, v in _DEFAULTS.items()}
+def official_config(kwargs: Mapping[str, Any], defaults: Mapping[str, Any], config_cls: type, name: str):
+    """Official constructor ``kwargs`` -> ``config_cls`` (the official class ``defaults`` fill gaps, a
+    square ``img_size`` pair becomes an int); shared by the SwinIR-family converters (HAT, DRCT)."""
+    check_official_kwargs(kwargs, name)
+    cfg = {k: kwargs.get(k, v) for k, v in defaults.items()}
     img = to_2tuple(cfg["img_size"])
     cfg["img_size"] = img[0] if img[0] == img[1] else img
-    return HATConfig(**cfg)
+    return config_cls(**cfg)
+
+
+def config_from_official(kwargs: Mapping[str, Any]) -> HATConfig:
+    """The official ``HAT(**kwargs)`` arguments -> :class:`HATConfig` (class defaults fill gaps)."""
+    return official_config(kwargs, _DEFAULTS, HATConfig, "HAT")
 
 
 def convert_official(sd: Mapping[str, Tensor], kwargs: Mapping[str, Any] | None = None) -> dict[str, Tensor]:
