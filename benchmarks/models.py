@@ -4,8 +4,9 @@ For each model below: ``torch.manual_seed(0)``, build the official module (``off
 read from ``--official-root``), take its ``state_dict``, build ours with
 ``vitsuite.models.from_official(model_id, official_kwargs, state_dict)``, then in the same
 process, with ``torch.set_num_threads(--threads)``, ``eval()`` and ``torch.inference_mode()``:
-``--warmup`` calls, then the median of ``--repeat`` timed forwards of the official module
-(fp32), of ours (fp32), of ours under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and,
+``--warmup`` calls, then official and ours (fp32) alternate, at least ``--repeat`` times each and
+until each has run ``--min-time`` seconds (medians reported, and the median of the per-pair
+ratios), then the median of ``--repeat`` timed forwards of ours under ``torch.autocast("cpu", dtype=torch.bfloat16)`` and,
 with ``--compile``, of ``torch.compile(ours)``; each of ours is compared with the official fp32
 output (max |diff|). FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
 forward of our model (of the official one when ours is missing); the physical limit is those
@@ -231,6 +232,32 @@ def timed(fn: Callable[[], Any], warmup: int, repeat: int) -> tuple[float, list[
     return statistics.median(times), times, out
 
 
+def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], warmup: int, repeat: int,
+               min_time: float) -> tuple[list[float], Any, list[float], Any]:
+    """Interleaved timing of two implementations: ``a, b, a, b, ...`` after ``warmup`` calls of each.
+
+    At least ``repeat`` pairs, more while either side has spent under ``min_time`` seconds, so that
+    a 30 ms forward is measured over dozens of calls. Alternating makes a change of machine load
+    (another process, the allocator's state) fall on both sides alike. Returns (times a, last output
+    a, times b, last output b).
+    """
+    out_a = out_b = None
+    for _ in range(warmup):
+        out_a, out_b = fa(), fb()
+    times_a: list[float] = []
+    times_b: list[float] = []
+    while len(times_a) < repeat or min(sum(times_a), sum(times_b)) < min_time:
+        for fn, times in ((fa, times_a), (fb, times_b)):
+            t0 = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t0)
+            if fn is fa:
+                out_a = out
+            else:
+                out_b = out
+    return times_a, out_a, times_b, out_b
+
+
 def as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
@@ -383,14 +410,27 @@ def run_model(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
 
     # ---- timings -------------------------------------------------------------------------
     ref = None
+    paired = False
     if official is not None:
-        try:
-            fn = in_mode(lambda: _official.call_official(
-                pm.model_id, official, inputs, "forward", pm.call_kwargs, tensor_kwargs))
-            row["official_s"], row["official_times"], ref = timed(fn, args.warmup, args.repeat)
-        except Exception as exc:
-            row["official_error"] = _short(exc)
-            traceback.print_exc()
+        fn = in_mode(lambda: _official.call_official(
+            pm.model_id, official, inputs, "forward", pm.call_kwargs, tensor_kwargs))
+        if ours is not None:  # interleaved with ours (see timed_pair)
+            try:
+                times_o, ref, times_u, out = timed_pair(fn, in_mode(call_ours(ours)), args.warmup, args.repeat,
+                                                        args.min_time)
+                paired = True
+                row["official_s"], row["official_times"] = statistics.median(times_o), times_o
+                row["ours_s"], row["ours_times"] = statistics.median(times_u), times_u
+                row["ratio_paired_median"] = statistics.median(o / u for o, u in zip(times_o, times_u))
+                row["max_diff"], row["rel_diff"] = max_abs_diff(out, ref)
+            except Exception:  # one side failed: time them apart below, which names the culprit
+                traceback.print_exc()
+        if not paired:
+            try:
+                row["official_s"], row["official_times"], ref = timed(fn, args.warmup, args.repeat)
+            except Exception as exc:
+                row["official_error"] = _short(exc)
+                traceback.print_exc()
         if ours is None or args.official_flops:
             try:
                 row["official_gflops"] = count_flops(in_mode(lambda: _official.call_official(
@@ -403,9 +443,10 @@ def run_model(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
         try:
             row["gflops"] = count_flops(in_mode(call_ours(ours)), ours) / 1e9
             row["flops_counted_on"] = "ours"
-            row["ours_s"], row["ours_times"], out = timed(in_mode(call_ours(ours)), args.warmup, args.repeat)
-            if ref is not None:
-                row["max_diff"], row["rel_diff"] = max_abs_diff(out, ref)
+            if not paired:
+                row["ours_s"], row["ours_times"], out = timed(in_mode(call_ours(ours)), args.warmup, args.repeat)
+                if ref is not None:
+                    row["max_diff"], row["rel_diff"] = max_abs_diff(out, ref)
         except Exception as exc:
             row["status"] = "ours failed"
             row["ours_error"] = _short(exc)
@@ -472,7 +513,7 @@ def run_model(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
 def run_worker(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
     """``run_model`` in a fresh interpreter; the row comes back as the last stdout line (JSON)."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", pm.key, "--threads", str(args.threads),
-           "--repeat", str(args.repeat), "--warmup", str(args.warmup), "--official-root", str(args.official_root)]
+           "--repeat", str(args.repeat), "--min-time", str(args.min_time), "--warmup", str(args.warmup), "--official-root", str(args.official_root)]
     if args.compile:
         cmd.append("--compile")
     if args.time_missing:
@@ -550,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="timed forwards per measurement (median)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forwards before timing")
+    parser.add_argument("--min-time", type=float, default=2.0,
+                        help="official and ours alternate until each has run at least this many seconds "
+                             "(and at least --repeat times)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours)")
     parser.add_argument("--time-missing", action="store_true",
                         help="time the official module even when ours is not implemented")
@@ -588,7 +632,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "host": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
                  "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
-        "settings": {"threads": args.threads, "repeat": args.repeat, "warmup": args.warmup, "compile": args.compile,
+        "settings": {"threads": args.threads, "repeat": args.repeat, "min_time": args.min_time, "warmup": args.warmup,
+                     "compile": args.compile,
                      "official_root": str(args.official_root), "in_process": args.in_process},
         "rows": rows,
     }

@@ -459,11 +459,14 @@ def test_vit_block_fast_path_matches_plain_path(monkeypatch, init_values):
     function; autograd, autocast and LayerScale blocks take the plain path."""
     import vitsuite.core.layers.fast as fast_path
 
-    blk = ViTBlock(32, num_heads=4, qkv_bias=True, init_values=init_values).eval()
-    x = torch.randn(2, 7, 32)
+    if not fast_path._onednn_available():
+        pytest.skip("oneDNN linear not available in this build")
+    # float32 explicitly: this module's tests default to float64, where the fast path is off
+    blk = ViTBlock(32, num_heads=4, qkv_bias=True, init_values=init_values).float().eval()
+    x = torch.randn(2, 7, 32, dtype=torch.float32)
     with torch.no_grad():
         got = blk(x)
-        assert fast_path.fast_inference(x) == fast_path._onednn_available()
+        assert fast_path.fast_inference(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not fast_path.fast_inference(x)
         monkeypatch.setattr(fast_path, "_ONEDNN", False)
@@ -473,16 +476,54 @@ def test_vit_block_fast_path_matches_plain_path(monkeypatch, init_values):
     with torch.enable_grad():
         torch.testing.assert_close(blk(x).detach(), plain, rtol=0, atol=1e-5)
     with torch.no_grad():  # the attention module alone, with and without a residual
-        h = torch.randn(2, 7, 32)
+        h = torch.randn(2, 7, 32, dtype=torch.float32)
         torch.testing.assert_close(blk.attn(h, residual=x), x + blk.attn(h), rtol=0, atol=1e-5)
+
+
+def test_fast_linear_packs_small_parameters_and_tracks_updates(monkeypatch):
+    """Parameters used with few rows run from a cached oneDNN-packed copy: same results, the copy is
+    rebuilt after in-place updates, and large row counts / weights / non-Parameters are not packed."""
+    import vitsuite.core.layers.fast as fast_path
+
+    if not fast_path._onednn_available():
+        pytest.skip("oneDNN linear not available in this build")
+    lin = nn.Linear(32, 48).float()  # this module runs in float64 by default; the fast path is float32
+    x, res = torch.randn(3, 7, 32, dtype=torch.float32), torch.randn(3, 7, 48, dtype=torch.float32)
+    with torch.no_grad():
+        ref = F.linear(x, lin.weight, lin.bias)
+        got = fast_path.linear(x, lin.weight, lin.bias, "gelu", fast=True)
+        torch.testing.assert_close(got, F.gelu(ref), rtol=0, atol=1e-5)
+        assert lin.weight in fast_path._PACKED
+        packed = fast_path._PACKED[lin.weight][1]
+        torch.testing.assert_close(fast_path.linear_add(x, res, lin.weight, lin.bias, fast=True), res + ref,
+                                   rtol=0, atol=1e-5)
+        assert fast_path._PACKED[lin.weight][1] is packed  # reused
+        lin.weight.mul_(2)  # an optimiser step / load_state_dict writes in place
+        torch.testing.assert_close(fast_path.linear(x, lin.weight, lin.bias, fast=True),
+                                   F.linear(x, lin.weight, lin.bias), rtol=0, atol=1e-5)
+        assert fast_path._PACKED[lin.weight][1] is not packed
+        other = nn.Linear(32, 48).float()
+        monkeypatch.setattr(fast_path, "PACK_MAX_ROWS", 20)  # 21 rows: too many
+        fast_path.linear(x, other.weight, other.bias, fast=True)
+        monkeypatch.setattr(fast_path, "PACK_MAX_ROWS", 512)
+        monkeypatch.setattr(fast_path, "PACK_MAX_BYTES", 32 * 48 * 4 - 1)  # weight too large
+        fast_path.linear(x, other.weight, other.bias, fast=True)
+        monkeypatch.setattr(fast_path, "PACK_MAX_BYTES", 4 << 20)
+        fast_path.linear(x, other.weight.view(48, 32), other.bias, fast=True)  # a view, not the Parameter
+        assert other.weight not in fast_path._PACKED
+        fast_path.linear(x, other.weight, other.bias, fast=True)
+        assert other.weight in fast_path._PACKED
 
 
 def test_swin_block_fast_path_matches_plain_path(monkeypatch):
     import vitsuite.core.layers.fast as fast_path
 
-    blk = SwinBlock(32, 4, window_size=4, shift_size=2).eval()
-    x = torch.randn(2, 8 * 12, 32)
+    if not fast_path._onednn_available():
+        pytest.skip("oneDNN linear not available in this build")
+    blk = SwinBlock(32, 4, window_size=4, shift_size=2).float().eval()  # float32: see the ViT test
+    x = torch.randn(2, 8 * 12, 32, dtype=torch.float32)
     with torch.no_grad():
+        assert fast_path.fast_inference(x)
         got = blk(x, (8, 12))
         monkeypatch.setattr(fast_path, "_ONEDNN", False)
         plain = blk(x, (8, 12))

@@ -148,9 +148,12 @@ def test_msfn_matches_grouped_convolutions(dim, bias, monkeypatch):
         monkeypatch.setattr(drs, "_BAND_BYTES", 1)   # bands of 3 rows (with halos)
         monkeypatch.setattr(drs, "_BAND_MIN_ROWS", 3)
         got_banded = m(x.permute(0, 2, 3, 1).contiguous())
+        res = torch.randn_like(want)
+        got_res_banded = m(x.permute(0, 2, 3, 1).contiguous(), residual=res) - res  # fused into project_out
     got_grad = m(x.permute(0, 2, 3, 1).contiguous().requires_grad_())  # the autograd (cat) path, banded
+    got_res_grad = m(x.permute(0, 2, 3, 1).contiguous().requires_grad_(), residual=res) - res
     scale = want.abs().max()
-    for got in (got_plain, got_banded, got_grad):
+    for got in (got_plain, got_banded, got_grad, got_res_banded, got_res_grad):
         assert (got - want).abs().max() <= 1e-5 * scale
 
 
@@ -162,7 +165,11 @@ def test_tksa_matches_explicit_topk_masks(heads, bias):
     with torch.no_grad():
         want = _reference_tksa(m, x).permute(0, 2, 3, 1)
         got = m(x.permute(0, 2, 3, 1).contiguous())
-    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+        res = torch.randn_like(want)
+        got_res = m(x.permute(0, 2, 3, 1).contiguous(), residual=res) - res  # accumulated by the last GEMM
+    got_res_grad = m(x.permute(0, 2, 3, 1).contiguous().requires_grad_(), residual=res) - res
+    for g in (got, got_res, got_res_grad):
+        assert (g - want).abs().max() <= 1e-5 * want.abs().max()
 
 
 def test_bias_free_norm_does_not_subtract_the_mean():

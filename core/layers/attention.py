@@ -194,7 +194,12 @@ def topk_sparse_probs(
     if weights is None:
         weights = [1.0] * len(counts)
     # Logits are needed explicitly for top-k, so this path computes softmax by hand instead of SDPA.
-    logits = F.normalize(q, dim=-1) @ F.normalize(k, dim=-1).transpose(-2, -1) * temperature
+    # cos(q_i, k_j) as (q k^T) / (|q_i| |k_j|): the same value as normalising q and k first (up to float
+    # rounding), without two normalised (C, HW) copies -- q, k are usually strided views of one qkv.
+    eps = 1e-12  # F.normalize's default
+    q_norm = torch.linalg.vector_norm(q, dim=-1).clamp_min(eps)
+    k_norm = torch.linalg.vector_norm(k, dim=-1).clamp_min(eps)
+    logits = (q @ k.transpose(-2, -1)) / q_norm.unsqueeze(-1) / k_norm.unsqueeze(-2) * temperature
     # One sorted top-k with the largest k gives every smaller top-k as a prefix. Scatter each
     # selected column's rank; "column j is in the top-k" is then simply rank < k.
     kmax = max(counts)

@@ -15,6 +15,7 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 
 from vitsuite.core.layers.attention import Attention
+from vitsuite.core.layers.fast import fast_inference, mlp_residual
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "forecast"
@@ -43,14 +44,18 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, cfg: ITransformerConfig):
         super().__init__()
-        act = nn.ReLU if cfg.activation == "relu" else nn.GELU
+        self.gelu = cfg.activation != "relu"
+        act = nn.GELU if self.gelu else nn.ReLU
         self.attn = Attention(cfg.d_model, cfg.n_heads, qkv_bias=True, attn_drop=cfg.dropout, proj_drop=cfg.dropout)
         self.norm1 = nn.LayerNorm(cfg.d_model)
         self.mlp = Mlp(cfg.d_model, cfg.d_ff, act_layer=act, drop=cfg.dropout)
         self.norm2 = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm1(x + self.attn(x))
+        x = self.norm1(self.attn(x, residual=x))
+        if self.gelu and not self.training and fast_inference(x):
+            # fc1 + GELU and fc2 + residual as two fused oneDNN calls (CPU fp32 inference only)
+            return self.norm2(mlp_residual(self.mlp, x, x, fast=True))
         return self.norm2(x + self.mlp(x))
 
 

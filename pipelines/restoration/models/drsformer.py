@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitsuite.core.layers.attention import DRSFORMER_TOPK_RATIOS, topk_sparse_probs
-from vitsuite.core.layers.fast import fast_inference, linear
+from vitsuite.core.layers.fast import fast_inference, linear, linear_add
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "restoration"
@@ -142,7 +142,8 @@ class TopKAttention(nn.Module):
         for i in range(1, 5):
             setattr(self, f"attn{i}", nn.Parameter(torch.full((1,), 0.2)))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Plus ``residual (B, H, W, c)`` when given (accumulated by the last GEMM on the fast path)."""
         B, H, W, c = x.shape
         qkv = _spatial(_pointwise(x, self.qkv), self.qkv_dwconv)                     # (B, H, W, 3c)
         # (3, B, heads, C, HW) strided views, no copy: pixels become the feature axis.
@@ -153,10 +154,13 @@ class TopKAttention(nn.Module):
         probs = topk_sparse_probs(q, k, self.temperature, self.topk,
                                   (self.attn1, self.attn2, self.attn3, self.attn4))
         w = torch.einsum("ohi,bhij->bhjo", self.project_out.weight.view(c, heads, C), probs).reshape(B, c, c)
-        y = torch.bmm(qkv.view(B, H * W, 3 * c)[..., 2 * c:], w)                      # v (B, HW, c) @ W'^T
+        v = qkv.view(B, H * W, 3 * c)[..., 2 * c:]                                    # (B, HW, c)
+        fused = residual is not None and not self.training and fast_inference(x)  # not under autocast
+        y = torch.baddbmm(residual.reshape(B, H * W, c), v, w) if fused else torch.bmm(v, w)  # v @ W'^T
         if self.project_out.bias is not None:
             y = y + self.project_out.bias
-        return y.view(B, H, W, c)
+        y = y.view(B, H, W, c)
+        return y if fused or residual is None else residual + y
 
 
 def _rows(t: Tensor, idx: Tensor, n: int) -> Tensor:
@@ -276,16 +280,26 @@ class MixedScaleFFN(nn.Module):
             pq = pq + torch.cat([self.dwconv3x3_1.bias, self.dwconv5x5_1.bias])
         return F.relu(pq, inplace=True)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """Plus ``residual (B, H, W, dim)`` when given (fused into ``project_out`` on the fast path)."""
         B, H, W, _ = x.shape
         weights = self._weights()
-        zs = [F.linear(x, w_in, b_in) for w_in, b_in, *_ in weights]          # halves of z, (B, H, W, stored)
+        fast = not self.training and fast_inference(x)
+        zs = [linear(x, w_in, b_in, fast=fast) for w_in, b_in, *_ in weights]  # halves of z, (B, H, W, stored)
         # Large maps are processed in bands of rows (with halos) so that the depthwise stages and the
         # adds work on cache-resident data; the arithmetic is unchanged.
         rows = max(_BAND_MIN_ROWS, _BAND_BYTES // (W * self.stored * zs[0].element_size()))
-        outs = [_pointwise(self._mixed(zs, weights, r0, min(r0 + rows, H)), self.project_out)
-                for r0 in range(0, H, rows)]
-        return outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        w_out, b_out = self.project_out.weight.flatten(1), self.project_out.bias
+        outs = []
+        for r0 in range(0, H, rows):
+            r1 = min(r0 + rows, H)
+            pq = self._mixed(zs, weights, r0, r1)
+            if fast and residual is not None:
+                outs.append(linear_add(pq, residual[:, r0:r1], w_out, b_out, fast=True))
+            else:
+                outs.append(linear(pq, w_out, b_out, fast=fast))
+        y = outs[0] if len(outs) == 1 else torch.cat(outs, 1)
+        return y if fast or residual is None else residual + y
 
 
 class TransformerBlock(nn.Module):
@@ -299,8 +313,8 @@ class TransformerBlock(nn.Module):
         self.ffn = MixedScaleFFN(dim, ffn_expansion_factor, bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.ffn(self.norm2(x))
+        x = self.attn(self.norm1(x), residual=x)
+        return self.ffn(self.norm2(x), residual=x)
 
 
 # ---------------------------------------------------------------------------------------------
