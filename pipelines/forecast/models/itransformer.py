@@ -15,7 +15,7 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 
 from vitsuite.core.layers.attention import Attention
-from vitsuite.core.layers.fast import fast_inference, mlp_residual
+from vitsuite.core.layers.fast import fast_inference, linear, mlp_residual
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "forecast"
@@ -84,15 +84,24 @@ class ITransformer(nn.Module):
             # Statistics detached and the 1e-5 inside the root, as the authors do (biased variance).
             mean = x_enc.mean(1, keepdim=True).detach()
             centred = x_enc - mean
-            std = torch.sqrt(centred.var(1, keepdim=True, unbiased=False) + 1e-5).detach()
+            # mean of squares of the centred values = the biased variance (torch.var over this strided
+            # axis is ~20x slower on CPU: 200 vs 9 us for 96x321)
+            std = torch.sqrt(centred.square().mean(1, keepdim=True) + 1e-5).detach()
             x_enc = centred / std
         tokens = x_enc.transpose(1, 2)                                  # (B, N, L)
         if x_mark_enc is not None:
             tokens = torch.cat([tokens, x_mark_enc.transpose(1, 2)], 1)  # (B, N + M, L)
-        x = self.embed_drop(self.embed(tokens))
-        for layer in self.layers:
-            x = layer(x)
-        out = self.head(self.norm(x))[:, :n_vars].transpose(1, 2)     # (B, S, N)
+        if not self.training and fast_inference(tokens):  # oneDNN, packed weights (core.layers.fast)
+            x = linear(tokens.contiguous(), self.embed.weight, self.embed.bias, fast=True)
+            for layer in self.layers:
+                x = layer(x)
+            out = linear(self.norm(x[:, :n_vars]), self.head.weight, self.head.bias, fast=True)
+        else:
+            x = self.embed_drop(self.embed(tokens))
+            for layer in self.layers:
+                x = layer(x)
+            out = self.head(self.norm(x[:, :n_vars]))                   # time-mark tokens are dropped
+        out = out.transpose(1, 2)                                       # (B, S, N)
         if self.cfg.use_norm:
             out = out * std + mean
         return out
