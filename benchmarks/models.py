@@ -548,8 +548,8 @@ def _diff(row: Mapping[str, Any], prefix: str) -> str:
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], with_compile: bool) -> str:
-    head = ["model", "input", "params M", "GFLOPs (official)", "official s", "ours s", "official/ours", "max diff (rel)",
-            "ours bf16 s", "bf16 diff (rel)"]
+    head = ["model", "input", "params M", "GFLOPs (official)", "official s", "ours s", "official/ours", "pairs (paired)",
+            "max diff (rel)", "ours bf16 s", "bf16 diff (rel)"]
     if with_compile:
         head += ["compiled s", "compiled diff (rel)"]
     head += ["limit s", "official/limit", "ours/limit", "peak RSS MB", "status"]
@@ -559,6 +559,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], with_compile: bool) -> str:
         cells = [
             r["key"], r.get("input", ""), _fmt(params / 1e6 if params else None, ".2f"), _gflops(r),
             _fmt(r.get("official_s")), _fmt(r.get("ours_s")), _fmt(r.get("ratio_official_over_ours"), ".2f", "x"),
+            (f"{len(r['ours_times'])} ({r['ratio_paired_median']:.2f}x)" if "ratio_paired_median" in r else "–"),
             _diff(r, ""), _fmt(r.get("ours_bf16_s")), _diff(r, "bf16_"),
         ]
         if with_compile:

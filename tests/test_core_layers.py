@@ -494,14 +494,25 @@ def test_fast_linear_packs_small_parameters_and_tracks_updates(monkeypatch):
         got = fast_path.linear(x, lin.weight, lin.bias, "gelu", fast=True)
         torch.testing.assert_close(got, F.gelu(ref), rtol=0, atol=1e-5)
         assert lin.weight in fast_path._PACKED
-        packed = fast_path._PACKED[lin.weight][1]
+        packed = fast_path._PACKED[lin.weight][2]
         torch.testing.assert_close(fast_path.linear_add(x, res, lin.weight, lin.bias, fast=True), res + ref,
                                    rtol=0, atol=1e-5)
-        assert fast_path._PACKED[lin.weight][1] is packed  # reused
+        assert fast_path._PACKED[lin.weight][2] is packed  # reused
         lin.weight.mul_(2)  # an optimiser step / load_state_dict writes in place
         torch.testing.assert_close(fast_path.linear(x, lin.weight, lin.bias, fast=True),
                                    F.linear(x, lin.weight, lin.bias), rtol=0, atol=1e-5)
-        assert fast_path._PACKED[lin.weight][1] is not packed
+        assert fast_path._PACKED[lin.weight][2] is not packed
+        fresh = nn.Linear(32, 48).float()  # never written in place: its version counter stays 0
+        for _ in range(3):  # `.to()` round trips give new storages with version 0, often at the old address
+            fast_path.linear(x, fresh.weight, fresh.bias, fast=True)
+            # the entry pins the storage it was packed from, so no new storage can take its address
+            assert fast_path._PACKED[fresh.weight][1][0].data_ptr() == fresh.weight.data_ptr()
+            fresh.to(torch.float64)
+            with torch.no_grad():
+                fresh.weight.mul_(-1)  # (on the float64 copy: the float32 result has version 0 again)
+            fresh.float()
+            torch.testing.assert_close(fast_path.linear(x, fresh.weight, fresh.bias, fast=True),
+                                       F.linear(x, fresh.weight, fresh.bias), rtol=0, atol=1e-5)
         other = nn.Linear(32, 48).float()
         monkeypatch.setattr(fast_path, "PACK_MAX_ROWS", 20)  # 21 rows: too many
         fast_path.linear(x, other.weight, other.bias, fast=True)

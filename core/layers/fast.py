@@ -6,7 +6,8 @@ vision transformers (M = tokens of one image, a few hundred) at 50-70 % of the m
 oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel Inductor emits) runs the same shapes at
 80-100 % (measured on this machine kind: 192x768 @ 768x2304 at 97 vs 123-179 GFLOP/s) and fuses
 GELU / LeakyReLU and residual adds into the matmul epilogue. :func:`fast_inference` says when the
-path applies (CPU float32, no autograd, no autocast, not tracing/scripting, oneDNN present);
+path applies (CPU float32, no autograd, no autocast, no graph capture: tracing, scripting or
+torch.compile, oneDNN present);
 everything else (training, bf16/fp16 autocast, export, GPUs) runs the plain ops, which compute the
 same function. Also here: Winograd F(2x2, 3x3) for float32 3x3 convolutions on CPU.
 """
@@ -24,6 +25,7 @@ __all__ = [
     "cpu_autocast_enabled",
     "inplace_ok",
     "fast_inference",
+    "graph_capture",
     "linear",
     "linear_add",
     "tensor_key",
@@ -70,22 +72,29 @@ def _onednn_available() -> bool:
     return _ONEDNN
 
 
+def graph_capture() -> bool:
+    """True while TorchScript traces/scripts or ``torch.compile`` (Dynamo) captures a graph: the eager-only
+    kernels of this module (oneDNN calls on non-constant weights, ``out=`` writes into views) are left to
+    the compiler, which fuses the plain ops itself."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or bool(compiling and compiling())
+
+
 def fast_inference(x: Tensor) -> bool:
     """True when the inference fast path applies: CPU float32, no autograd, no CPU autocast, not
-    tracing/scripting (under autocast the matmul inputs would be bf16/fp16 for the fp32 oneDNN call).
+    tracing/scripting/compiling (under autocast the matmul inputs would be bf16/fp16 for the fp32 oneDNN call).
 
     The fast path runs the token matmuls through oneDNN (``mkldnn._linear_pointwise``; MKL's sgemm
     is ~40% slower for widths such as 3*180) with GELU / LeakyReLU / residual add fused, and pads
     attention head dims to multiples of 8 (zero weights, identical results) for the SDPA kernel.
-    Export (tracing) and training take the plain path, which computes the same function.
+    Export (tracing), torch.compile and training take the plain path, which computes the same function.
     """
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not cpu_autocast_enabled() and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-            and _onednn_available())
+            and not cpu_autocast_enabled() and not graph_capture() and _onednn_available())
 
 
 # Pre-packed (oneDNN blocked layout) copies of Parameters, reused while the Parameter is unchanged.
-_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (tensor_key, packed copy)
+_PACKED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (tensor_key, pinned source, packed copy)
 PACK_MAX_ROWS = 512  # pack weights used with at most this many rows (tokens) per call; 0 disables
 # ... and of at most this size: iTransformer's (<= 3 MB) gain 9 % per forward, ViTPose-B's 9 MB MLP
 # weights 2 %, not worth a second copy of a ViT-L's 1.2 GB of weights.
@@ -107,9 +116,12 @@ def _maybe_packed(x: Tensor, weight: Tensor) -> Tensor:
     key = tensor_key(weight)
     hit = _PACKED.get(weight)
     if hit is None or hit[0] != key:
-        hit = (key, torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, x.numel() // weight.shape[1])))
+        # keep_alive pins the packed storage: after `.to()` / `.data =` a new storage could otherwise
+        # reuse its address with the same version counter and pass for the old weights
+        hit = (key, keep_alive(weight),
+               torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, x.numel() // weight.shape[1])))
         _PACKED[weight] = hit
-    return hit[1]
+    return hit[2]
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
@@ -256,5 +268,5 @@ def use_winograd(x: Tensor) -> bool:
     """Winograd pays on CPU float32 inference for large-enough maps; training, autocast, tracing and
     GPUs (cuDNN picks its own algorithms) keep the library convolution."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and not cpu_autocast_enabled() and not torch.jit.is_tracing()
+            and not cpu_autocast_enabled() and not graph_capture()
             and x.shape[-2] * x.shape[-1] >= _WINO_MIN_PIXELS)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitsuite.core.layers.attention import DRSFORMER_TOPK_RATIOS, topk_sparse_probs
-from vitsuite.core.layers.fast import fast_inference, linear, linear_add
+from vitsuite.core.layers.fast import fast_inference, graph_capture, linear, linear_add
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "restoration"
@@ -259,7 +259,7 @@ class MixedScaleFFN(nn.Module):
         pieces: list[Tensor] = []
         # Without autograd the sums are written straight into the buffer project_out reads (not while
         # tracing for export: the tracer does not follow out= writes into views).
-        fused = not (torch.is_grad_enabled() or torch.jit.is_tracing())
+        fused = not (torch.is_grad_enabled() or graph_capture())
         pq = zs[0].new_empty(B, r1 - r0, W, 2 * h) if fused else None
         for o, z, (_, _, k3, b3, k5, b5, m3, m5) in zip((0, h), zs, weights):
             halo = m3.shape[-1] // 2
