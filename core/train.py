@@ -439,6 +439,15 @@ class Trainer:
         ranks = ckpt["rng"]["ranks"]
         set_rng_state(ranks[self.dist.rank % len(ranks)])
 
+    def best_model(self) -> torch.nn.Module:
+        """The unwrapped model in eval mode with the weights a user should keep after :meth:`fit`:
+        ``best.pt`` (else ``last.pt``), its EMA copy when EMA is on."""
+        best = self.output_dir / "best.pt"
+        ckpt = read_checkpoint(best if best.is_file() else self.output_dir / "last.pt")
+        weights = ckpt.get("ema") if self.config.ema_decay > 0 and ckpt.get("ema") else ckpt["model"]
+        self.module.eval().load_state_dict(weights)
+        return self.module
+
     def _resume_path(self) -> Path | None:
         resume, last = self.config.resume, self.output_dir / "last.pt"
         if resume is False or resume in ("", "none", "false"):

@@ -25,7 +25,6 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from vitsuite.core.checkpoint import read_checkpoint
 from vitsuite.core.config import Config, config_to_dict
 from vitsuite.core.errors import ConfigError
 from vitsuite.core.train import TrainConfig, Trainer, TrainSectionBase
@@ -166,12 +165,8 @@ def run_training(cfg: ForecastConfig, *, save: str | os.PathLike | None = None, 
     summary = trainer.fit()
     if int(os.environ.get("RANK", "0")) != 0:
         return summary
+    net = trainer.best_model()
     out = Path(tcfg.output_dir)
-    best = out / "best.pt"
-    ckpt = read_checkpoint(best if best.is_file() else out / "last.pt")
-    weights = ckpt.get("ema") if tcfg.ema_decay > 0 else ckpt["model"]
-    net = trainer.module.eval()
-    net.load_state_dict(weights)
     report = evaluate(net, prep, cfg.eval, model_name=cfg.model.name, device=trainer.device)
     paths = write_report(report, out)
     meta = forecaster_meta(cfg, prep)

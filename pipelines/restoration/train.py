@@ -237,14 +237,8 @@ def run_training(cfg: RestorationConfig, *, save: str | os.PathLike | None = Non
     summary = trainer.fit()
     if int(os.environ.get("RANK", "0")) != 0:
         return summary
-    from vitsuite.core.checkpoint import read_checkpoint
-
+    net = trainer.best_model()
     out = Path(tcfg.output_dir)
-    best = out / "best.pt"
-    ckpt = read_checkpoint(best if best.is_file() else out / "last.pt")
-    weights = ckpt.get("ema") if tcfg.ema_decay > 0 and ckpt.get("ema") else ckpt["model"]
-    net = trainer.module.eval()
-    net.load_state_dict(weights)
     scores = None
     if val_fn is not None:
         with torch.no_grad():

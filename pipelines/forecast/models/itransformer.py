@@ -91,16 +91,12 @@ class ITransformer(nn.Module):
         tokens = x_enc.transpose(1, 2)                                  # (B, N, L)
         if x_mark_enc is not None:
             tokens = torch.cat([tokens, x_mark_enc.transpose(1, 2)], 1)  # (B, N + M, L)
-        if not self.training and fast_inference(tokens):  # oneDNN, packed weights (core.layers.fast)
-            x = linear(tokens.contiguous(), self.embed.weight, self.embed.bias, fast=True)
-            for layer in self.layers:
-                x = layer(x)
-            out = linear(self.norm(x[:, :n_vars]), self.head.weight, self.head.bias, fast=True)
-        else:
-            x = self.embed_drop(self.embed(tokens))
-            for layer in self.layers:
-                x = layer(x)
-            out = self.head(self.norm(x[:, :n_vars]))                   # time-mark tokens are dropped
+        fast = not self.training and fast_inference(tokens)  # oneDNN, packed weights (core.layers.fast)
+        x = self.embed_drop(linear(tokens.contiguous(), self.embed.weight, self.embed.bias, fast=fast))
+        for layer in self.layers:
+            x = layer(x)
+        # time-mark tokens are dropped before the head
+        out = linear(self.norm(x[:, :n_vars]), self.head.weight, self.head.bias, fast=fast)
         out = out.transpose(1, 2)                                       # (B, S, N)
         if self.cfg.use_norm:
             out = out * std + mean
