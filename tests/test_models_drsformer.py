@@ -157,6 +157,31 @@ def test_msfn_matches_grouped_convolutions(dim, bias, monkeypatch):
         assert (got - want).abs().max() <= 1e-5 * scale
 
 
+def _reference_operation_layer(m: drs.OperationLayer, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """One MEFC step as the authors write it, NCHW: every expert in full, weighted, concatenated, 8c -> c."""
+    feats = [op(x) if isinstance(op, torch.nn.AvgPool2d) else op.op(x) for op in m._ops]
+    return m._out(torch.cat([w[:, j].view(-1, 1, 1, 1) * f for j, f in enumerate(feats)], 1))
+
+
+@pytest.mark.parametrize("band_rows", [None, 3, 5])  # whole map; bands thinner than the 7x7 dilated halo
+def test_mefc_step_matches_the_concatenated_experts(band_rows, monkeypatch):
+    m = _randomize(drs.OperationLayer(8))
+    x, w = torch.rand(2, 8, 13, 10), torch.softmax(torch.randn(2, drs.NUM_OPS), -1)
+    if band_rows:
+        monkeypatch.setattr(drs, "_MEFC_BAND_BYTES", 1)
+        monkeypatch.setattr(drs, "_BAND_MIN_ROWS", band_rows)
+    want = _reference_operation_layer(m, x, w).permute(0, 2, 3, 1)
+    xh = x.permute(0, 2, 3, 1).contiguous()
+    with torch.no_grad():
+        got = m(xh, w)
+        got_step = m(xh, w, add_input=True)  # ReLU(step(x) + x), written band by band
+    got_grad = m(xh.clone().requires_grad_(), w, add_input=True)  # autograd path (bands concatenated)
+    scale = want.abs().max()
+    assert (got - want).abs().max() <= 1e-5 * scale
+    for g in (got_step, got_grad):
+        assert (g - F.relu(want + xh)).abs().max() <= 1e-5 * scale
+
+
 @pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("bias", [False, True])
 def test_tksa_matches_explicit_topk_masks(heads, bias):
@@ -197,6 +222,7 @@ def test_batches_bands_and_grad_mode_agree(monkeypatch):
         y = model(x)
         single = model(x[1:])
         monkeypatch.setattr(drs, "_BAND_BYTES", 1)
+        monkeypatch.setattr(drs, "_MEFC_BAND_BYTES", 1)
         banded = model(x)
     y_grad = model(x)  # gradients on: no weight cache, no out= writes
     assert torch.allclose(y[1:], single, atol=1e-5)

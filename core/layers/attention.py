@@ -197,8 +197,10 @@ def topk_sparse_probs(
     # cos(q_i, k_j) as (q k^T) / (|q_i| |k_j|): the same value as normalising q and k first (up to float
     # rounding), without two normalised (C, HW) copies -- q, k are usually strided views of one qkv.
     eps = 1e-12  # F.normalize's default
-    q_norm = torch.linalg.vector_norm(q, dim=-1).clamp_min(eps)
-    k_norm = torch.linalg.vector_norm(k, dim=-1).clamp_min(eps)
+    # Norms as sqrt of summed squares: on the strided q, k views linalg.vector_norm's reduction runs ~3x
+    # slower (5.4 vs 1.4 ms for both at 128x128x96).
+    q_norm = q.square().sum(-1).sqrt().clamp_min(eps)
+    k_norm = k.square().sum(-1).sqrt().clamp_min(eps)
     logits = (q @ k.transpose(-2, -1)) / q_norm.unsqueeze(-1) / k_norm.unsqueeze(-2) * temperature
     # One sorted top-k with the largest k gives every smaller top-k as a prefix. Scatter each
     # selected column's rank; "column j is in the top-k" is then simply rank < k.

@@ -37,6 +37,7 @@ from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, regi
 FIELD = "restoration"
 _BAND_BYTES = 2 << 20  # MSFN depthwise stages run on row bands of about this many bytes per tensor
 _BAND_MIN_ROWS = 8
+_MEFC_BAND_BYTES = 2 << 20  # MEFC experts' outputs per band: the eight of them stay in cache for their GEMMs
 
 
 @dataclass
@@ -76,18 +77,33 @@ def _pointwise(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return linear(x, conv.weight.flatten(1), conv.bias, fast=not conv.training and fast_inference(x))
 
 
-def _depthwise_rows(x: Tensor, weight: Tensor, bias: Tensor | None, r0: int, r1: int) -> Tensor:
+def _depthwise_rows(x: Tensor, weight: Tensor, bias: Tensor | None, r0: int, r1: int, dilation: int = 1) -> Tensor:
     """Rows r0..r1-1 of the depthwise "same" conv of ``x (B, H, W, C)`` -> ``(B, r1 - r0, W, C)``.
 
     Reads only the rows the kernel needs; zero padding applies at the image border alone, so a band's
     rows equal those of the full convolution.
     """
-    p, H = weight.shape[-1] // 2, x.shape[1]
+    p, H = dilation * (weight.shape[-1] // 2), x.shape[1]
     i0, i1 = max(r0 - p, 0), min(r1 + p, H)
     m = max(p - (r0 - i0), p - (i1 - r1))  # zero rows needed beyond the image (symmetric conv padding)
-    y = _nhwc(F.conv2d(_nchw(x[:, i0:i1]), weight, bias, 1, (m, p), 1, weight.shape[0]))
+    y = _nhwc(F.conv2d(_nchw(x[:, i0:i1]), weight, bias, 1, (m, p), dilation, weight.shape[0]))
     j0 = r0 - i0 + m - p
     return y if y.shape[1] == r1 - r0 else y[:, j0:j0 + r1 - r0]
+
+
+def _avg_pool3_rows(x: Tensor, r0: int, r1: int) -> Tensor:
+    """Rows r0..r1-1 of the 3x3 / stride 1 average pool of ``x (B, H, W, C)`` without padded cells in
+    the count (official ``AvgPool2d(3, 1, 1, count_include_pad=False)``) -> ``(B, r1 - r0, W, C)``."""
+    i0, i1 = max(r0 - 1, 0), min(r1 + 1, x.shape[1])
+    y = _nhwc(F.avg_pool2d(_nchw(x[:, i0:i1]), 3, 1, 1, count_include_pad=False))  # same size as the slice
+    return y[:, r0 - i0:r1 - i0]
+
+
+def _row_bands(H: int, row_bytes: int, band_bytes: int) -> list[tuple[int, int]]:
+    """Row ranges ``[(r0, r1), ...]`` covering ``H`` rows, about ``band_bytes`` per band (at least
+    ``_BAND_MIN_ROWS`` rows)."""
+    rows = max(_BAND_MIN_ROWS, band_bytes // max(row_bytes, 1))
+    return [(r0, min(r0 + rows, H)) for r0 in range(0, H, rows)]
 
 
 def _spatial(x: Tensor, conv: nn.Module) -> Tensor:
@@ -357,35 +373,53 @@ class OperationLayer(nn.Module):
                                   + [nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)])
         self._out = nn.Sequential(nn.Conv2d(c * NUM_OPS, c, 1, bias=False), nn.ReLU())
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+    def forward(self, x: Tensor, w: Tensor, add_input: bool = False) -> Tensor:
+        """``add_input``: return ``ReLU(layer(x) + x)`` (the official GroupOLs step) instead."""
         B, H, W, c = x.shape
         flat = lambda conv: conv.weight.flatten(1)  # noqa: E731  (c_out, c_in) of a 1x1 conv
         scale = lambda conv: conv.weight.flatten()  # noqa: E731  per-channel factor of a depthwise 1x1
         sep1 = self._ops[0].op
         # Expert j's output before its last (linear) 1x1 conv; sep 1x1's depthwise "convs" are channel
-        # scales, folded into the neighbouring 1x1 weights.
-        feats = [F.relu(F.linear(x, flat(sep1[1]) * scale(sep1[0])))]
+        # scales, folded into the neighbouring 1x1 weights. The sep k>1 experts' first halves run on the
+        # whole map; everything after them runs on row bands (halo rows read, never recomputed), so the
+        # eight expert outputs of a band are still in cache when the mixing GEMMs read them.
+        first = flat(sep1[1]) * scale(sep1[0])
         lasts = [flat(sep1[4]) * scale(sep1[3])]
+        halves = []
         for expert in self._ops[1:4]:
             op = expert.op
-            t = F.relu(_pointwise(_spatial(x, op[0]), op[1]), inplace=True)
-            feats.append(_spatial(t, op[3]))
+            halves.append(F.relu(_pointwise(_spatial(x, op[0]), op[1]), inplace=True))
             lasts.append(flat(op[4]))
-        for expert in self._ops[4:7]:
-            feats.append(_spatial(x, expert.op[0]))
-            lasts.append(flat(expert.op[1]))
-        feats.append(_spatial(x, self._ops[7]))
+        lasts += [flat(expert.op[1]) for expert in self._ops[4:7]]
         # _out(cat_j(w_j * L_j f_j)) = sum_j (w_j O_j L_j) f_j: per sample and expert one (c, c) matrix,
         # accumulated by GEMMs (no 8c-wide concatenation).
         out_w = self._out[0].weight.view(c, NUM_OPS, c)                               # O: (c_out, j, c)
         folded = torch.cat([torch.einsum("ojm,jmi->oji", out_w[:, :-1], torch.stack(lasts)), out_w[:, -1:]], 1)
         mix = (folded * w.view(B, 1, NUM_OPS, 1)).permute(0, 2, 3, 1)                 # (B, j, c_in, c_out)
-        dt = torch.promote_types(feats[0].dtype, feats[-1].dtype)  # in-place GEMMs need one dtype (autocast)
-        mix, feats = mix.to(dt), [f.to(dt).view(B, H * W, c) for f in feats]
-        y = torch.bmm(feats[0], mix[:, 0])
-        for j in range(1, NUM_OPS):
-            y.baddbmm_(feats[j], mix[:, j])
-        return F.relu(y, inplace=True).view(B, H, W, c)
+        row_bands = _row_bands(H, W * c * x.element_size(), _MEFC_BAND_BYTES)
+        # Several bands without autograd: each band's result is written into one output (no cat).
+        fused = len(row_bands) > 1 and not (torch.is_grad_enabled() or graph_capture())
+        out = x.new_empty(B, H, W, c) if fused else None
+        bands = []
+        for r0, r1 in row_bands:
+            xb = x[:, r0:r1]
+            feats = [F.relu(F.linear(xb, first))]
+            feats += [_depthwise_rows(t, e.op[3].weight, None, r0, r1) for t, e in zip(halves, self._ops[1:4])]
+            feats += [_depthwise_rows(x, e.op[0].weight, None, r0, r1, dilation=2) for e in self._ops[4:7]]
+            feats.append(_avg_pool3_rows(x, r0, r1))
+            dt = torch.promote_types(feats[0].dtype, feats[-1].dtype)  # in-place GEMMs need one dtype (autocast)
+            m, n = mix.to(dt), (r1 - r0) * W
+            y = torch.bmm(feats[0].to(dt).reshape(B, n, c), m[:, 0])
+            for j in range(1, NUM_OPS):
+                y.baddbmm_(feats[j].to(dt).reshape(B, n, c), m[:, j])
+            y = F.relu(y, inplace=True).view(B, r1 - r0, W, c)
+            if out is None:
+                bands.append(F.relu(y + xb, inplace=True) if add_input else y)
+            elif add_input:
+                F.relu(torch.add(y, xb, out=out[:, r0:r1]), inplace=True)
+            else:
+                out[:, r0:r1] = y
+        return out if out is not None else bands[0] if len(bands) == 1 else torch.cat(bands, 1)
 
 
 class OperationAttention(nn.Module):
@@ -425,7 +459,7 @@ class OperationGroup(nn.Module):
     def forward(self, x: Tensor, weights: Tensor) -> Tensor:
         s = self.preprocess(x)
         for i, step in enumerate(self._ops):
-            s = F.relu(step(s, weights[:, i]) + s, inplace=True)
+            s = step(s, weights[:, i], add_input=True)  # ReLU(step(s) + s)
         return s
 
 
