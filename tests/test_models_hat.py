@@ -216,3 +216,20 @@ def test_img_size_equal_to_window_disables_shift():
     """Official rule: blocks do not shift when the image is not larger than the window."""
     model = from_official("hat", {**SMALL, "img_size": 4})
     assert all(blk.shift_size == 0 for layer in model.layers for blk in layer.residual_group.blocks)
+
+
+@pytest.mark.parametrize("family", ["hat", "drct"])
+def test_absolute_position_embedding_fixes_the_input_size(family):
+    """``ape=True`` (official option, off in the paper models): the embedding is added to the tokens and
+    only the configured ``img_size`` is accepted, with a one-line error otherwise."""
+    kw = {**SMALL} if family == "hat" else dict(upscale=2, in_chans=3, img_size=16, window_size=4, depths=[2],
+                                                 embed_dim=12, num_heads=[2], gc=4, upsampler="pixelshuffle")
+    model = _randomize(from_official(family, {**kw, "ape": True})).eval()
+    assert model.absolute_pos_embed.shape == (1, 16 * 16, model.embed_dim)
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        y = model(x)
+        model.absolute_pos_embed.zero_()
+        assert not torch.allclose(model(x), y)  # the embedding is used
+        with pytest.raises(ValueError, match=r"ape=True fixes the input to img_size \(16, 16\), got 24x24"):
+            model(torch.rand(1, 3, 24, 24))

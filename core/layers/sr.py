@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from .fast import (derived, fast_inference, inplace_ok, keep_alive, linear, linear_add, pad_heads_in, pad_heads_out,
                    padded_head_dim, tensor_key)
-from .windows import relative_position_index
+from .windows import _RelPosBiasMixin, to_2tuple
 
 __all__ = [
     "DIV2K_RGB_MEAN",
@@ -111,13 +111,39 @@ def pad_to_multiple(x: Tensor, multiple: int, mode: str = "reflect") -> Tensor:
     return F.pad(x, (0, pw, 0, ph), mode=mode)
 
 
+class PatchNorm(nn.Module):
+    """Holds ``patch_embed.norm`` (the official SwinIR/HAT/DRCT PatchEmbed has no other parameters)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+
+def drop_path_schedule(rate: float, n: int) -> List[float]:
+    """``torch.linspace(0, rate, n)`` as Python floats (also works while building on the meta device)."""
+    return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
+def init_sr_weights(m: nn.Module) -> None:
+    """Official init (``model.apply``): Linear trunc-normal(0.02) with zero bias; LayerNorm (1, 0); convs
+    keep PyTorch's defaults."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
 class PixelShuffleSR(nn.Module):
     """SwinIR-style shell for classical SR with the pixel-shuffle head.
 
     ``y = conv_last(upsample(conv_before_upsample(conv_after_body(body(f0)) + f0))) / img_range + mean``
-    with ``f0 = conv_first((x - mean) * img_range)``. Subclasses implement :meth:`forward_features`
-    mapping the shallow features ``(B, C, H, W)`` (channels-last memory) to the body output as a
-    ``(B, H, W, C)`` token map (the official ``norm`` output before ``patch_unembed``).
+    with ``f0 = conv_first((x - mean) * img_range)``. :meth:`forward_features` maps the shallow features
+    ``(B, C, H, W)`` (channels-last memory) to the body output as a ``(B, H, W, C)`` token map (the
+    official ``norm`` output before ``patch_unembed``): subclasses call :meth:`_init_token_stem` and
+    build ``layers`` and ``norm``.
 
     Inputs whose H, W are not multiples of ``pad_multiple`` are reflect-padded at the bottom/right and
     the output is cropped to ``upscale * (H, W)`` (what the official test wrappers do around the bare
@@ -145,8 +171,31 @@ class PixelShuffleSR(nn.Module):
         self.upsample = Upsample(self.upscale, num_feat)
         self.conv_last = nn.Conv2d(num_feat, in_chans, 3, 1, 1)
 
-    def forward_features(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    def _init_token_stem(self, patch_norm: bool, ape: bool, img_size: int | Tuple[int, int], drop_rate: float) -> None:
+        """The official token stem before the residual groups: ``patch_embed.norm`` (if ``patch_norm``),
+        a learned absolute position embedding for a fixed ``img_size`` (if ``ape``), dropout.
+        Subclasses build ``layers`` (token map -> token map) and ``norm`` after calling this."""
+        C = self.embed_dim
+        self.patch_embed = PatchNorm(C) if patch_norm else None
+        self.ape_size = to_2tuple(img_size) if ape else None
+        if self.ape_size is not None:
+            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, self.ape_size[0] * self.ape_size[1], C))
+            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
+        self.pos_drop = nn.Dropout(drop_rate)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """Shallow features ``(B, C, H, W)`` -> ``(B, H, W, C)``: token stem, ``layers``, ``norm``."""
+        t = x.permute(0, 2, 3, 1)                       # (B, H, W, C): free for channels-last x
+        t = self.patch_embed.norm(t) if self.patch_embed is not None else t.contiguous()
+        if self.ape_size is not None:
+            B, H, W, C = t.shape
+            if (H, W) != self.ape_size:
+                raise ValueError(f"ape=True fixes the input to img_size {self.ape_size}, got {H}x{W}")
+            t = t + self.absolute_pos_embed.view(1, H, W, C)
+        t = self.pos_drop(t)
+        for layer in self.layers:
+            t = layer(t)
+        return self.norm(t)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_chans, H, W) -> (B, in_chans, upscale*H, upscale*W)``."""
@@ -239,7 +288,7 @@ def _window_plan(B: int, H: int, W: int, ws: int, s: int, device: torch.device):
     return gather.to(device), scatter.to(device), tuple(groups)
 
 
-class SRWindowAttention(nn.Module):
+class SRWindowAttention(_RelPosBiasMixin, nn.Module):
     """Window multi-head self-attention of SwinIR/HAT/DRCT (official keys ``qkv``, ``proj``,
     ``relative_position_bias_table``), shifted or not, on whole token maps.
 
@@ -256,10 +305,7 @@ class SRWindowAttention(nn.Module):
         self.dim, self.window_size, self.num_heads = dim, int(window_size), num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim ** -0.5
-        ws = self.window_size
-        self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * ws - 1) ** 2, num_heads))
-        nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
-        self.register_buffer("relative_position_index", relative_position_index(ws), persistent=False)
+        self._init_rel_pos(self.window_size, num_heads, None, persistent=False)  # HAT/DRCT build the index
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
@@ -280,9 +326,7 @@ class SRWindowAttention(nn.Module):
             hit = self._mask_cache.get(shift_size)
             if hit is not None and hit[0] == key:
                 return hit[2]
-        N = self.window_size ** 2
-        bias = table[self.relative_position_index.reshape(-1)].view(N, N, -1).permute(2, 0, 1).unsqueeze(0)
-        bias = bias.to(dtype)
+        bias = self.relative_position_bias().unsqueeze(0).to(dtype)                  # (1, heads, N, N)
         masks = [bias.contiguous()]
         if shift_size > 0:
             shift = shift_group_masks(self.window_size, shift_size).to(device=table.device, dtype=dtype)

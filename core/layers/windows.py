@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
-from .fast import fast_inference, linear
+from .fast import fast_inference, keep_alive, linear, tensor_key
 
 __all__ = [
     "to_2tuple",
@@ -110,8 +110,9 @@ def overlapping_relative_position_index(window_size: Size2, overlap_window_size:
 
 
 class _RelPosBiasMixin:
-    """Owns ``relative_position_bias_table`` / ``relative_position_index`` directly on the module,
-    so both :class:`RelativePositionBias` and :class:`WindowAttention` keep official flat names."""
+    """Owns ``relative_position_bias_table`` / ``relative_position_index`` directly on the module, so
+    :class:`RelativePositionBias`, :class:`WindowAttention` and the SR models' whole-map window attention
+    (:class:`~vitsuite.core.layers.sr.SRWindowAttention`) keep official flat names."""
 
     relative_position_bias_table: nn.Parameter
     relative_position_index: Tensor
@@ -128,26 +129,25 @@ class _RelPosBiasMixin:
         self.relative_position_bias_table = nn.Parameter(torch.zeros(rows, num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.register_buffer("relative_position_index", index, persistent=persistent)
-        self._bias_cache: Optional[Tuple[tuple, Tensor]] = None
+        self._bias_cache: Optional[Tuple[tuple, tuple, Tensor]] = None
 
     def relative_position_bias(self) -> Tensor:
         """``(heads, Nq, Nk)`` bias gathered from the table.
 
-        In eval mode without autograd the result is cached; the key holds the version counters and
-        storage pointers of table and index, so in-place updates (optimizer steps,
-        ``load_state_dict``'s ``copy_``) and ``.to()`` moves invalidate it. Under grad / training it
-        is always recomputed so gradients reach the table.
+        In eval mode without autograd the result is cached under :func:`~vitsuite.core.layers.fast.tensor_key`
+        of table and index, so in-place updates (optimizer steps, ``load_state_dict``'s ``copy_``)
+        and ``.to()`` moves invalidate it. Under grad / training it is always recomputed so gradients
+        reach the table.
         """
         table, index = self.relative_position_bias_table, self.relative_position_index
         cacheable = not self.training and not (torch.is_grad_enabled() and table.requires_grad)
-        if cacheable:
-            key = (table._version, table.data_ptr(), table.dtype, index._version, index.data_ptr())
-            if self._bias_cache is not None and self._bias_cache[0] == key:
-                return self._bias_cache[1]
+        key = tensor_key(table, index)
+        if cacheable and self._bias_cache is not None and self._bias_cache[0] == key:
+            return self._bias_cache[2]
         nq, nk = index.shape
         # Plain indexing (not index_select) so HAT's negative OCA indices wrap like in the original.
         bias = table[index.reshape(-1)].view(nq, nk, -1).permute(2, 0, 1).contiguous()
-        self._bias_cache = (key, bias) if cacheable else None
+        self._bias_cache = (key, keep_alive(table, index), bias) if cacheable else None
         return bias
 
     def train(self, mode: bool = True):

@@ -35,11 +35,13 @@ from vitsuite.core.layers.sr import (
     PixelShuffleSR,
     SRWindowAttention,
     Upsample,
+    drop_path_schedule,
+    init_sr_weights,
 )
 from vitsuite.core.layers.windows import relative_position_index, to_2tuple
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
-from .hat import _init_weights, _PatchNorm, _ratio_for, drop_path_schedule, official_config
+from .hat import _ratio_for, official_config
 
 FIELD = "restoration"
 
@@ -175,31 +177,13 @@ class DRCT(PixelShuffleSR):
         super().__init__(cfg.in_chans, cfg.embed_dim, cfg.upscale, cfg.img_range, cfg.resi_connection,
                          cfg.num_feat, pad_multiple=ws, pad_mode=cfg.pad_mode)
         self.cfg = cfg
-        C = cfg.embed_dim
-        self.patch_embed = _PatchNorm(C) if cfg.patch_norm else None
-        if cfg.ape:
-            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, img[0] * img[1], C))
-            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        self._init_token_stem(cfg.patch_norm, cfg.ape, cfg.img_size, cfg.drop_rate)
         dpr = drop_path_schedule(cfg.drop_path_rate, sum(cfg.depths))
         self.layers = nn.ModuleList(
             RDG(cfg, heads, ws, shift, dpr[sum(cfg.depths[:i])] if sum(cfg.depths) else 0.0)
             for i, heads in enumerate(cfg.num_heads))
-        self.norm = nn.LayerNorm(C)
-        self.apply(_init_weights)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        t = x.permute(0, 2, 3, 1)
-        t = self.patch_embed.norm(t) if self.patch_embed is not None else t.contiguous()
-        if self.cfg.ape:
-            B, H, W, C = t.shape
-            if H * W != self.absolute_pos_embed.shape[1]:
-                raise ValueError(f"ape=True fixes the input to img_size {self.cfg.img_size}, got {H}x{W}")
-            t = t + self.absolute_pos_embed.view(1, H, W, C)
-        t = self.pos_drop(t)
-        for layer in self.layers:
-            t = layer(t)
-        return self.norm(t)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.apply(init_sr_weights)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ from vitsuite.core.layers.sr import (
     PixelShuffleSR,
     SRWindowAttention,
     Upsample,
+    drop_path_schedule,
+    init_sr_weights,
 )
 from vitsuite.core.layers.windows import (
     overlapping_relative_position_index,
@@ -291,13 +293,8 @@ class HAT(PixelShuffleSR):
         super().__init__(cfg.in_chans, cfg.embed_dim, cfg.upscale, cfg.img_range, cfg.resi_connection,
                          cfg.num_feat, pad_multiple=cfg.window_size, pad_mode=cfg.pad_mode)
         self.cfg = cfg
-        C = cfg.embed_dim
-        self.patch_embed = _PatchNorm(C) if cfg.patch_norm else None
+        self._init_token_stem(cfg.patch_norm, cfg.ape, cfg.img_size, cfg.drop_rate)
         img = to_2tuple(cfg.img_size)
-        if cfg.ape:
-            self.absolute_pos_embed = nn.Parameter(torch.zeros(1, img[0] * img[1], C))
-            nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
-        self.pos_drop = nn.Dropout(cfg.drop_rate)
         # The official blocks drop the shift when the image is not larger than the window.
         shift = min(img) > cfg.window_size
         dpr = drop_path_schedule(cfg.drop_path_rate, sum(cfg.depths))
@@ -305,48 +302,8 @@ class HAT(PixelShuffleSR):
         for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
             s = sum(cfg.depths[:i])
             self.layers.append(RHAG(cfg, heads, depth, dpr[s:s + depth], shift))
-        self.norm = nn.LayerNorm(C)
-        self.apply(_init_weights)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        t = x.permute(0, 2, 3, 1)                       # (B, H, W, C): free for channels-last x
-        if self.patch_embed is not None:
-            t = self.patch_embed.norm(t)
-        else:
-            t = t.contiguous()
-        if self.cfg.ape:
-            B, H, W, C = t.shape
-            if H * W != self.absolute_pos_embed.shape[1]:
-                raise ValueError(f"ape=True fixes the input to img_size {self.cfg.img_size}, got {H}x{W}")
-            t = t + self.absolute_pos_embed.view(1, H, W, C)
-        t = self.pos_drop(t)
-        for layer in self.layers:
-            t = layer(t)
-        return self.norm(t)
-
-
-class _PatchNorm(nn.Module):
-    """Holds ``patch_embed.norm`` (the official PatchEmbed has no other parameters)."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-
-
-def drop_path_schedule(rate: float, n: int) -> list[float]:
-    """``torch.linspace(0, rate, n)`` as Python floats (also works while building on the meta device)."""
-    return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
-
-
-def _init_weights(m: nn.Module) -> None:
-    """Official init: Linear trunc-normal(0.02) with zero bias; LayerNorm (1, 0); convs keep defaults."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
+        self.norm = nn.LayerNorm(cfg.embed_dim)
+        self.apply(init_sr_weights)
 
 
 # ---------------------------------------------------------------------------------------------
