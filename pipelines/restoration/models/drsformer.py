@@ -17,7 +17,8 @@ layout copies, 2-input grouped convolutions and repeated small products), with t
 * MSFN: the 2-input grouped convolutions become depthwise convolutions plus contiguous adds, thanks to
   a channel permutation of ``project_in``; large maps are processed in row bands that stay in cache;
 * MEFC: each expert's last 1x1 conv, the per-sample gate and the 8c->c output 1x1 are folded into one
-  ``(c, c)`` matrix per expert and sample; the eight products accumulate in one output (no 8c concat).
+  ``(c, c)`` matrix per expert and sample; the eight products accumulate in one output (no 8c concat),
+  row band by row band after the experts' first halves, so their outputs are read back from cache.
 """
 
 from __future__ import annotations
