@@ -49,6 +49,9 @@ __all__ = [
     "DIV2K_RGB_MEAN",
     "Upsample",
     "pad_to_multiple",
+    "PatchNorm",
+    "drop_path_schedule",
+    "init_sr_weights",
     "PixelShuffleSR",
     "window_plan",
     "shift_group_masks",
@@ -326,7 +329,8 @@ class SRWindowAttention(_RelPosBiasMixin, nn.Module):
             hit = self._mask_cache.get(shift_size)
             if hit is not None and hit[0] == key:
                 return hit[2]
-        bias = self.relative_position_bias().unsqueeze(0).to(dtype)                  # (1, heads, N, N)
+        # not the mixin's cached bias: the masks below are this module's cache (no second copy)
+        bias = self._gather_relative_position_bias().unsqueeze(0).to(dtype)          # (1, heads, N, N)
         masks = [bias.contiguous()]
         if shift_size > 0:
             shift = shift_group_masks(self.window_size, shift_size).to(device=table.device, dtype=dtype)

@@ -144,11 +144,16 @@ class _RelPosBiasMixin:
         key = tensor_key(table, index)
         if cacheable and self._bias_cache is not None and self._bias_cache[0] == key:
             return self._bias_cache[2]
-        nq, nk = index.shape
-        # Plain indexing (not index_select) so HAT's negative OCA indices wrap like in the original.
-        bias = table[index.reshape(-1)].view(nq, nk, -1).permute(2, 0, 1).contiguous()
+        bias = self._gather_relative_position_bias()
         self._bias_cache = (key, keep_alive(table, index), bias) if cacheable else None
         return bias
+
+    def _gather_relative_position_bias(self) -> Tensor:
+        """``(heads, Nq, Nk)`` gathered from the table, never cached (for callers with their own cache)."""
+        table, index = self.relative_position_bias_table, self.relative_position_index
+        nq, nk = index.shape
+        # Plain indexing (not index_select) so HAT's negative OCA indices wrap like in the original.
+        return table[index.reshape(-1)].view(nq, nk, -1).permute(2, 0, 1).contiguous()
 
     def train(self, mode: bool = True):
         self._bias_cache = None
