@@ -51,7 +51,6 @@ __all__ = [
     "pad_to_multiple",
     "PatchNorm",
     "drop_path_schedule",
-    "init_sr_weights",
     "PixelShuffleSR",
     "window_plan",
     "shift_group_masks",
@@ -125,18 +124,6 @@ class PatchNorm(nn.Module):
 def drop_path_schedule(rate: float, n: int) -> List[float]:
     """``torch.linspace(0, rate, n)`` as Python floats (also works while building on the meta device)."""
     return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
-
-
-def init_sr_weights(m: nn.Module) -> None:
-    """Official init (``model.apply``): Linear trunc-normal(0.02) with zero bias; LayerNorm (1, 0); convs
-    keep PyTorch's defaults."""
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 class PixelShuffleSR(nn.Module):

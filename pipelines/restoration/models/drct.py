@@ -22,7 +22,7 @@ from typing import Any, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from vitsuite.core.layers.blocks import DropPath, Mlp
+from vitsuite.core.layers.blocks import DropPath, Mlp, init_vit_weights_
 from vitsuite.core.layers.fast import (
     derived,
     fast_inference,
@@ -36,7 +36,6 @@ from vitsuite.core.layers.sr import (
     SRWindowAttention,
     Upsample,
     drop_path_schedule,
-    init_sr_weights,
 )
 from vitsuite.core.layers.windows import relative_position_index, to_2tuple
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
@@ -183,7 +182,7 @@ class DRCT(PixelShuffleSR):
             RDG(cfg, heads, ws, shift, dpr[sum(cfg.depths[:i])] if sum(cfg.depths) else 0.0)
             for i, heads in enumerate(cfg.num_heads))
         self.norm = nn.LayerNorm(cfg.embed_dim)
-        self.apply(init_sr_weights)
+        init_vit_weights_(self)  # official init: Linear trunc-normal(0.02), LayerNorm (1, 0)
 
 
 # ---------------------------------------------------------------------------------------------

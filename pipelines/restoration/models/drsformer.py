@@ -305,11 +305,9 @@ class MixedScaleFFN(nn.Module):
         zs = [linear(x, w_in, b_in, fast=fast) for w_in, b_in, *_ in weights]  # halves of z, (B, H, W, stored)
         # Large maps are processed in bands of rows (with halos) so that the depthwise stages and the
         # adds work on cache-resident data; the arithmetic is unchanged.
-        rows = max(_BAND_MIN_ROWS, _BAND_BYTES // (W * self.stored * zs[0].element_size()))
         w_out, b_out = self.project_out.weight.flatten(1), self.project_out.bias
         outs = []
-        for r0 in range(0, H, rows):
-            r1 = min(r0 + rows, H)
+        for r0, r1 in _row_bands(H, W * self.stored * zs[0].element_size(), _BAND_BYTES):
             pq = self._mixed(zs, weights, r0, r1)
             if fast and residual is not None:
                 outs.append(linear_add(pq, residual[:, r0:r1], w_out, b_out, fast=True))

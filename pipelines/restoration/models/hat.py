@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitsuite.core.layers.attention import ChannelAttention
-from vitsuite.core.layers.blocks import DropPath, Mlp
+from vitsuite.core.layers.blocks import DropPath, Mlp, init_vit_weights_
 from vitsuite.core.layers.fast import (
     derived,
     fast_inference,
@@ -47,7 +47,6 @@ from vitsuite.core.layers.sr import (
     SRWindowAttention,
     Upsample,
     drop_path_schedule,
-    init_sr_weights,
 )
 from vitsuite.core.layers.windows import (
     overlapping_relative_position_index,
@@ -303,7 +302,7 @@ class HAT(PixelShuffleSR):
             s = sum(cfg.depths[:i])
             self.layers.append(RHAG(cfg, heads, depth, dpr[s:s + depth], shift))
         self.norm = nn.LayerNorm(cfg.embed_dim)
-        self.apply(init_sr_weights)
+        init_vit_weights_(self)  # official init: Linear trunc-normal(0.02), LayerNorm (1, 0)
 
 
 # ---------------------------------------------------------------------------------------------
