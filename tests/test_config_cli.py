@@ -124,3 +124,27 @@ def test_models_command_lists_parameter_counts(monkeypatch, capsys):
     assert cli.run(cli.build_parser(), ["models"]) == 0
     out = capsys.readouterr().out
     assert "lin" in out and "1.00M" in out and "a linear" in out
+
+
+def test_cpu_autocast_warns_when_the_cpu_has_no_native_half_precision(monkeypatch):
+    """bf16 autocast on a CPU without AVX512-BF16 / AMX is emulated (5-30x slower than float32): say so."""
+    import warnings
+
+    import torch
+
+    from vitsuite.core import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_native", lambda dtype: False)
+    with pytest.warns(RuntimeWarning, match="no native torch.bfloat16"):
+        with runtime.autocast(cpu, torch.bfloat16):
+            pass
+    monkeypatch.setattr(runtime, "cpu_has_native", lambda dtype: True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with runtime.autocast(cpu, torch.bfloat16):
+            assert torch.is_autocast_enabled("cpu")
+        with runtime.autocast(cpu, torch.float32):  # float32 never warns
+            pass
+    monkeypatch.undo()
+    assert isinstance(runtime.cpu_has_native(torch.bfloat16), bool) and runtime.cpu_has_native(torch.float32)

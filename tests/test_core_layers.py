@@ -487,6 +487,8 @@ def test_fast_linear_packs_small_parameters_and_tracks_updates(monkeypatch):
 
     if not fast_path._onednn_available():
         pytest.skip("oneDNN linear not available in this build")
+    monkeypatch.setattr(fast_path, "LINEAR_KERNEL", "onednn")  # packing is the oneDNN kernel's; pin it
+    monkeypatch.setattr(fast_path, "_CHOICE", {})
     lin = nn.Linear(32, 48).float()  # this module runs in float64 by default; the fast path is float32
     x, res = torch.randn(3, 7, 32, dtype=torch.float32), torch.randn(3, 7, 48, dtype=torch.float32)
     with torch.no_grad():
@@ -524,6 +526,56 @@ def test_fast_linear_packs_small_parameters_and_tracks_updates(monkeypatch):
         assert other.weight not in fast_path._PACKED
         fast_path.linear(x, other.weight, other.bias, fast=True)
         assert other.weight in fast_path._PACKED
+
+
+@pytest.mark.parametrize("act", ["none", "gelu", "leaky_relu"])
+def test_fast_linear_kernels_agree_and_the_choice_is_cached(monkeypatch, act):
+    """Every candidate kernel computes the same function; the first call of a shape picks one, later calls
+    of that shape reuse it, and ``other`` of ``linear_add`` is never written."""
+    import vitsuite.core.layers.fast as fast_path
+
+    if not fast_path._onednn_available():
+        pytest.skip("oneDNN linear not available in this build")
+    x, w, b = (torch.randn(2, 37, 24, dtype=torch.float32), torch.randn(40, 24, dtype=torch.float32),
+               torch.randn(40, dtype=torch.float32))
+    res = torch.randn(2, 37, 40, dtype=torch.float32)
+    with torch.no_grad():
+        ref = fast_path.linear(x, w, b, act, slope=0.2)  # plain path
+        for kernel in fast_path.LINEAR_KERNELS:
+            monkeypatch.setattr(fast_path, "LINEAR_KERNEL", kernel)
+            monkeypatch.setattr(fast_path, "_CHOICE", {})
+            torch.testing.assert_close(fast_path.linear(x, w, b, act, slope=0.2, fast=True), ref, rtol=0, atol=1e-5)
+            kept = res.clone()
+            torch.testing.assert_close(fast_path.linear_add(x, res, w, b, fast=True), res + x @ w.T + b,
+                                       rtol=0, atol=1e-5)
+            assert torch.equal(res, kept)
+            assert set(fast_path._CHOICE.values()) <= {kernel, "onednn"}  # act "none" has no unfused variant
+        monkeypatch.setattr(fast_path, "LINEAR_KERNEL", "auto")
+        monkeypatch.setattr(fast_path, "_CHOICE", {})
+        torch.testing.assert_close(fast_path.linear(x, w, b, act, slope=0.2, fast=True), ref, rtol=0, atol=1e-5)
+        (key, chosen), = fast_path._CHOICE.items()
+        assert key == ("linear", act, 74, 24, 40, True) and chosen in fast_path.LINEAR_KERNELS
+        fast_path._CHOICE[key] = "mkl"  # later calls of the shape run the stored choice without timing again
+        calls = []
+        monkeypatch.setattr(fast_path, "_time_candidates", lambda c: calls.append(c) or ("mkl", None))
+        fast_path.linear(x, w, b, act, slope=0.2, fast=True)
+        assert not calls
+
+
+def test_kernel_timing_picks_the_fastest_candidate():
+    import time as _time
+
+    import vitsuite.core.layers.fast as fast_path
+
+    slow_calls = []
+
+    def slow():
+        slow_calls.append(1)
+        _time.sleep(0.003)
+        return torch.zeros(1)
+
+    name, out = fast_path._time_candidates({"slow": slow, "quick": lambda: torch.ones(1)})
+    assert name == "quick" and torch.equal(out, torch.ones(1)) and len(slow_calls) >= 4  # warm + 3 timed
 
 
 def test_swin_block_fast_path_matches_plain_path(monkeypatch):

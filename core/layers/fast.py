@@ -1,20 +1,22 @@
 """CPU inference fast path shared by the model zoo: oneDNN matmuls with fused activation / residual,
 caches of derived (padded / pre-scaled) weights, and the switches that decide when it applies.
 
-On CPU float32 inference MKL's sgemm (``F.linear`` -> ``addmm``) runs the small-M token matmuls of
-vision transformers (M = tokens of one image, a few hundred) at 50-70 % of the machine's fp32 peak;
-oneDNN (``torch.ops.mkldnn._linear_pointwise``, the kernel Inductor emits) runs the same shapes at
-80-100 % (measured on this machine kind: 192x768 @ 768x2304 at 97 vs 123-179 GFLOP/s) and fuses
-GELU / LeakyReLU and residual adds into the matmul epilogue. :func:`fast_inference` says when the
-path applies (CPU float32, no autograd, no autocast, no graph capture: tracing, scripting or
-torch.compile, oneDNN present);
-everything else (training, bf16/fp16 autocast, export, GPUs) runs the plain ops, which compute the
-same function. Also here: Winograd F(2x2, 3x3) for float32 3x3 convolutions on CPU.
+Which matmul kernel is fastest depends on the CPU: on an AVX-512 Xeon oneDNN
+(``torch.ops.mkldnn._linear_pointwise``, the kernel Inductor emits) with GELU / LeakyReLU / residual
+fused into its epilogue ran the zoo's token matmuls 20-40 % faster than MKL's sgemm (``addmm``); on an
+AVX2 EPYC MKL wins the wide ViT-L matmuls and the fused-GELU epilogue is slower than a separate GELU.
+So :func:`linear` / :func:`linear_add` time the equivalent kernels on the first call of each shape and
+keep the fastest (``VITSUITE_LINEAR_KERNEL`` pins one). :func:`fast_inference` says when the path
+applies (CPU float32, no autograd, no autocast, no graph capture: tracing, scripting or torch.compile,
+oneDNN present); everything else (training, bf16/fp16 autocast, export, GPUs) runs the plain ops,
+which compute the same function. Also here: Winograd F(2x2, 3x3) for float32 3x3 convolutions on CPU.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import os
+import time
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -124,16 +126,84 @@ def _maybe_packed(x: Tensor, weight: Tensor) -> Tensor:
     return hit[2]
 
 
+# Which kernel runs a fast-path matmul is measured, not assumed: on an AVX-512 Xeon oneDNN with fused
+# GELU / residual beat MKL's sgemm by 20-40 % for every token-matmul shape of the zoo, while on an AVX2
+# EPYC (the benchmark machine kind) the fused GELU epilogue runs at 89-105 against 108-137 GFLOP/s for
+# MKL + a separate GELU, and MKL wins ViT-L's 1024-wide matmuls. So, like ``cudnn.benchmark``, the first
+# call of each (op, activation, rows, in, out) shape times the equivalent candidates and the fastest
+# serves every later call of that shape in this process.
+LINEAR_KERNEL = os.environ.get("VITSUITE_LINEAR_KERNEL", "auto")  # auto | onednn | onednn_unfused | mkl
+LINEAR_KERNELS = ("onednn", "onednn_unfused", "mkl")
+_CHOICE: dict[tuple, str] = {}  # shape key -> kernel name
+
+
+def _apply_act_(y: Tensor, act: str, slope: float) -> Tensor:
+    """``act`` applied in place to a fresh matmul output."""
+    if act == "gelu":
+        return torch.ops.aten.gelu_(y)
+    if act == "leaky_relu":
+        return F.leaky_relu_(y, slope)
+    return y
+
+
+def _time_candidates(candidates: dict[str, Callable[[], Tensor]]) -> tuple[str, Tensor]:
+    """Name of the fastest candidate (best of several interleaved timed calls after one warm call each,
+    which also builds packed weights / oneDNN primitives) and one output of it."""
+    best: dict[str, float] = {name: float("inf") for name in candidates}
+    outs: dict[str, Tensor] = {}
+    rounds, start = 0, time.perf_counter()
+    # at least 3 timed rounds; small matmuls get more (up to 20, ~10 ms of tuning) to outvote timer noise
+    while rounds < 4 or (rounds < 21 and time.perf_counter() - start < 0.01):
+        for name, fn in candidates.items():
+            t0 = time.perf_counter()
+            outs[name] = fn()
+            if rounds:
+                best[name] = min(best[name], time.perf_counter() - t0)
+        rounds += 1
+    name = min(best, key=best.__getitem__)
+    return name, outs[name]
+
+
+def _dispatch(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
+    """Run the kernel chosen for ``key`` (chosen now, by timing, on the first call of that shape)."""
+    name = _CHOICE.get(key)
+    if name is None:
+        if LINEAR_KERNEL != "auto":
+            name = LINEAR_KERNEL if LINEAR_KERNEL in candidates else "onednn"
+        else:
+            name, out = _time_candidates(candidates)
+            _CHOICE[key] = name
+            return out
+        _CHOICE[key] = name
+    return candidates[name]()
+
+
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
            slope: float = 0.01, fast: bool = False) -> Tensor:
-    """``act(x @ weight.T + bias)`` with ``act`` in ``none`` / ``gelu`` (exact) / ``leaky_relu``."""
+    """``act(x @ weight.T + bias)`` with ``act`` in ``none`` / ``gelu`` (exact) / ``leaky_relu``.
+
+    x: (..., K), weight: (N, K), bias: (N,) or None -> (..., N). With ``fast`` (see
+    :func:`fast_inference`) the kernel is the fastest measured here of oneDNN with the activation fused,
+    oneDNN then the activation, and MKL's sgemm then the activation (the same function).
+    """
     if fast:
-        weight = _maybe_packed(x, weight)
-        if act == "gelu":
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], "none")
-        if act == "leaky_relu":
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "leaky_relu", [slope], "")
-        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+        def onednn() -> Tensor:
+            fused = act if act in ("gelu", "leaky_relu") else "none"
+            scalars, algo = ([slope], "") if fused == "leaky_relu" else ([], "none" if fused == "gelu" else "")
+            return torch.ops.mkldnn._linear_pointwise(x, _maybe_packed(x, weight), bias, fused, scalars, algo)
+
+        def onednn_unfused() -> Tensor:
+            y = torch.ops.mkldnn._linear_pointwise(x, _maybe_packed(x, weight), bias, "none", [], "")
+            return _apply_act_(y, act, slope)
+
+        def mkl() -> Tensor:
+            return _apply_act_(F.linear(x, weight, bias), act, slope)
+
+        candidates = {"onednn": onednn, "mkl": mkl}
+        if act != "none":
+            candidates["onednn_unfused"] = onednn_unfused
+        k = weight.shape[-1]
+        return _dispatch(("linear", act, x.numel() // k, k, weight.shape[0], bias is not None), candidates)
     y = F.linear(x, weight, bias)
     if act == "gelu":
         return F.gelu(y)
@@ -143,11 +213,22 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
 
 
 def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor], fast: bool = False) -> Tensor:
-    """``other + x @ weight.T + bias`` (one fused oneDNN call on the fast path)."""
+    """``other + x @ weight.T + bias``; x: (..., K), other: same number of rows, N columns -> (..., N).
+
+    With ``fast``: the fastest measured here of one oneDNN call with the add fused, and MKL's sgemm
+    followed by an in-place add (``other`` is never written)."""
     if fast:
-        weight = _maybe_packed(x, weight)
-        return torch.ops.mkldnn._linear_pointwise.binary(x, other.reshape(x.shape[:-1] + other.shape[-1:]),
-                                                         weight, bias, "add")
+        other2 = other.reshape(x.shape[:-1] + other.shape[-1:])
+
+        def onednn() -> Tensor:
+            return torch.ops.mkldnn._linear_pointwise.binary(x, other2, _maybe_packed(x, weight), bias, "add")
+
+        def mkl() -> Tensor:
+            return F.linear(x, weight, bias).add_(other2)
+
+        k = weight.shape[-1]
+        return _dispatch(("linear_add", x.numel() // k, k, weight.shape[0], bias is not None),
+                         {"onednn": onednn, "mkl": mkl})
     return other + F.linear(x, weight, bias)
 
 
