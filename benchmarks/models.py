@@ -334,6 +334,18 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``: speed-ups differ
+    between CPU kinds (e.g. AVX2 EPYC vs AVX-512 Xeon), so every report names its CPU."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
@@ -456,12 +468,19 @@ def run_model(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return call_ours(ours)()
 
-        try:
-            row["ours_bf16_s"], row["ours_bf16_times"], out = timed(in_mode(bf16), args.warmup, args.repeat)
-            if ref is not None:
-                row["bf16_max_diff"], row["bf16_rel_diff"] = max_abs_diff(out, ref)
-        except Exception as exc:
-            row["bf16_error"] = _short(exc)
+        from vitsuite.core.runtime import cpu_has_native
+
+        # Without native bf16 (AVX2-only CPUs) autocast is emulated, 5-30x slower than fp32 (measured on
+        # an AVX2 EPYC: DRSformer 64 s, ParaTransCNN 96 s per call): not timed unless asked for.
+        if args.bf16 == "never" or (args.bf16 == "auto" and not cpu_has_native(torch.bfloat16)):
+            row["bf16_error"] = f"not timed: no native bf16 on this CPU ({torch.backends.cpu.get_cpu_capability()})"
+        else:
+            try:
+                row["ours_bf16_s"], row["ours_bf16_times"], out = timed(in_mode(bf16), args.warmup, args.repeat)
+                if ref is not None:
+                    row["bf16_max_diff"], row["bf16_rel_diff"] = max_abs_diff(out, ref)
+            except Exception as exc:
+                row["bf16_error"] = _short(exc)
 
         if args.compile:
             try:
@@ -596,6 +615,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="official and ours alternate until each has run at least this many seconds "
                              "(and at least --repeat times)")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile(ours)")
+    parser.add_argument("--bf16", choices=("auto", "always", "never"), default="auto",
+                        help="time bf16 autocast: auto = only where the CPU has native bf16 (AVX512-BF16 / AMX)")
     parser.add_argument("--time-missing", action="store_true",
                         help="time the official module even when ours is not implemented")
     parser.add_argument("--no-official-flops", dest="official_flops", action="store_false",
@@ -631,10 +652,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "started": started,
         "host": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                 "cpu_model": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                 # which matmul kernel the fast path chose per shape depends on the CPU (core/layers/fast.py)
+                 "linear_kernel": os.environ.get("VITSUITE_LINEAR_KERNEL", "auto"),
                  "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
         "settings": {"threads": args.threads, "repeat": args.repeat, "min_time": args.min_time, "warmup": args.warmup,
-                     "compile": args.compile,
+                     "compile": args.compile, "bf16": args.bf16,
                      "official_root": str(args.official_root), "in_process": args.in_process},
         "rows": rows,
     }

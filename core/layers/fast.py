@@ -1,7 +1,7 @@
 """CPU inference fast path shared by the model zoo: oneDNN matmuls with fused activation / residual,
 caches of derived (padded / pre-scaled) weights, and the switches that decide when it applies.
 
-Which matmul kernel is fastest depends on the CPU: on an AVX-512 Xeon oneDNN
+Which matmul kernel is fastest depends on the CPU: on an AVX-512 CPU oneDNN
 (``torch.ops.mkldnn._linear_pointwise``, the kernel Inductor emits) with GELU / LeakyReLU / residual
 fused into its epilogue ran the zoo's token matmuls 20-40 % faster than MKL's sgemm (``addmm``); on an
 AVX2 EPYC MKL wins the wide ViT-L matmuls and the fused-GELU epilogue is slower than a separate GELU.
@@ -126,7 +126,7 @@ def _maybe_packed(x: Tensor, weight: Tensor) -> Tensor:
     return hit[2]
 
 
-# Which kernel runs a fast-path matmul is measured, not assumed: on an AVX-512 Xeon oneDNN with fused
+# Which kernel runs a fast-path matmul is measured, not assumed: on an AVX-512 CPU oneDNN with fused
 # GELU / residual beat MKL's sgemm by 20-40 % for every token-matmul shape of the zoo, while on an AVX2
 # EPYC (the benchmark machine kind) the fused GELU epilogue runs at 89-105 against 108-137 GFLOP/s for
 # MKL + a separate GELU, and MKL wins ViT-L's 1024-wide matmuls. So, like ``cudnn.benchmark``, the first
