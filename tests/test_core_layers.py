@@ -636,3 +636,33 @@ def test_swin_block_small_input_and_grads():
     assert x.grad.abs().sum() > 0 and blk.attn.relative_position_bias_table.grad.abs().sum() > 0
     with pytest.raises(ValueError):
         SwinBlock(8, 2, window_size=4, shift_size=4)
+
+
+@pytest.mark.parametrize("keys", [6, 64, 65])
+def test_short_key_attention_matches_sdpa(monkeypatch, keys):
+    """Short key sequences on CPU take two batched GEMMs + softmax instead of SDPA: same function (with an
+    additive bias and mask, a custom scale, under autograd), bool masks and dropout stay on SDPA."""
+    import importlib
+
+    # (the package re-exports the function `attention` under the module's name)
+    attn_mod = importlib.import_module("vitsuite.core.layers.attention")
+    calls = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(attn_mod.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: calls.append(1) or real_sdpa(*a, **kw))
+    q = torch.randn(3, 4, 5, 16, dtype=torch.float32, requires_grad=True)
+    k, v = torch.randn(3, 4, keys, 16, dtype=torch.float32), torch.randn(3, 4, keys, 8, dtype=torch.float32)
+    bias, mask = torch.randn(4, 5, keys, dtype=torch.float32), torch.randn(3, 1, 5, keys, dtype=torch.float32)
+    got = attn_mod.attention(q, k, v, bias=bias, mask=mask, scale=0.3)
+    ref = real_sdpa(q, k, v, attn_mask=bias + mask, scale=0.3)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
+    assert len(calls) == (0 if keys <= attn_mod.SHORT_KEYS else 1)
+    got.sum().backward()  # differentiable like SDPA
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    calls.clear()
+    allowed = torch.rand(5, keys) > 0.3
+    allowed[:, 0] = True
+    torch.testing.assert_close(attn_mod.attention(q, k, v, mask=allowed), real_sdpa(q, k, v, attn_mask=allowed),
+                               rtol=1e-5, atol=1e-6)
+    attn_mod.attention(q, k, v, dropout_p=0.5)
+    assert len(calls) == 2  # the bool mask and the dropout went to SDPA

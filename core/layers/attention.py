@@ -74,7 +74,32 @@ def attention(
         ``(..., Nq, Dv)`` = ``softmax(q k^T * scale + bias + mask) v``.
     """
     attn_mask = _combine_masks(bias, mask, q.dtype)
+    if _short_keys(q, k, attn_mask, dropout_p):
+        return _explicit_attention(q, k, v, attn_mask, q.shape[-1] ** -0.5 if scale is None else scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+
+
+# CPU SDPA (the flash kernel) pays a fixed cost per (batch, head) block, so for short key sequences a
+# batched GEMM + softmax is several times faster; measured on an AVX2 EPYC, 2 threads (batch x heads of
+# keys: SDPA vs explicit): 588 of 6 (DuoFormer's per-patch scale tokens) 2.09 vs 0.49 ms, 384 of 16
+# 1.33 vs 0.27 ms, 96 of 64 1.12 vs 0.66 ms, 12 of 50 0.18 vs 0.13 ms; equal near 200 keys, SDPA 2.5x
+# faster from 325 keys on. CUDA keeps SDPA (its kernels have no such per-block cost).
+SHORT_KEYS = 64
+
+
+def _short_keys(q: Tensor, k: Tensor, attn_mask: Optional[Tensor], dropout_p: float) -> bool:
+    """Whether :func:`attention` takes the explicit path: CPU, at most :data:`SHORT_KEYS` keys, no
+    dropout, no bool mask (SDPA's semantics for fully masked rows stay SDPA's)."""
+    return (q.device.type == "cpu" and k.shape[-2] <= SHORT_KEYS and dropout_p == 0.0
+            and (attn_mask is None or attn_mask.dtype != torch.bool))
+
+
+def _explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], scale: float) -> Tensor:
+    """``softmax(q k^T * scale + attn_mask) v`` as two batched GEMMs; shapes as :func:`attention`."""
+    logits = torch.matmul(q, k.transpose(-2, -1)) * scale
+    if attn_mask is not None:
+        logits = logits + attn_mask
+    return torch.matmul(logits.softmax(-1), v)
 
 
 class Attention(nn.Module):
