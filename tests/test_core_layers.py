@@ -549,7 +549,7 @@ def test_fast_linear_kernels_agree_and_the_choice_is_cached(monkeypatch, act):
             torch.testing.assert_close(fast_path.linear_add(x, res, w, b, fast=True), res + x @ w.T + b,
                                        rtol=0, atol=1e-5)
             assert torch.equal(res, kept)
-            assert set(fast_path._CHOICE.values()) <= {kernel, "onednn"}  # act "none" has no unfused variant
+            assert not fast_path._CHOICE  # a pinned kernel is not timed
         monkeypatch.setattr(fast_path, "LINEAR_KERNEL", "auto")
         monkeypatch.setattr(fast_path, "_CHOICE", {})
         torch.testing.assert_close(fast_path.linear(x, w, b, act, slope=0.2, fast=True), ref, rtol=0, atol=1e-5)
@@ -560,6 +560,12 @@ def test_fast_linear_kernels_agree_and_the_choice_is_cached(monkeypatch, act):
         monkeypatch.setattr(fast_path, "_time_candidates", lambda c: calls.append(c) or ("mkl", None))
         fast_path.linear(x, w, b, act, slope=0.2, fast=True)
         assert not calls
+        # weights above PACK_MAX_BYTES always take MKL, untimed (oneDNN would re-lay them out every call)
+        monkeypatch.setattr(fast_path, "PACK_MAX_BYTES", w.numel() * 4 - 1)
+        fast_path._CHOICE.clear()
+        torch.testing.assert_close(fast_path.linear(x, w, b, act, slope=0.2, fast=True), ref, rtol=0, atol=1e-5)
+        torch.testing.assert_close(fast_path.linear_add(x, res, w, b, fast=True), res + x @ w.T + b, rtol=0, atol=1e-5)
+        assert not calls and not fast_path._CHOICE
 
 
 def test_kernel_timing_picks_the_fastest_candidate():

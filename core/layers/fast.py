@@ -164,17 +164,25 @@ def _time_candidates(candidates: dict[str, Callable[[], Tensor]]) -> tuple[str, 
     return name, outs[name]
 
 
-def _dispatch(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
-    """Run the kernel chosen for ``key`` (chosen now, by timing, on the first call of that shape)."""
+def _dispatch(key: tuple, candidates: dict[str, Callable[[], Tensor]], weight: Tensor) -> Tensor:
+    """Run the kernel chosen for ``key`` (chosen now, by timing, on the first call of that shape).
+
+    Weights above :data:`PACK_MAX_BYTES` (not packed, see :func:`_maybe_packed`) always take MKL: oneDNN
+    re-lays out an unpacked weight into a fresh buffer on every call, a cost (memory traffic, page
+    faults for ViT-L's 4-16 MB weights) that a tuning loop on one cache-hot weight does not see. In
+    whole-model runs on the AVX2 EPYC the two rules were within the noise (SatMAE++ ViT-L, ViTPose-B:
+    1.00-1.09x against the official either way), so the rule that cannot pick a hidden per-call
+    re-layout is kept.
+    """
+    if LINEAR_KERNEL != "auto":  # pinned (VITSUITE_LINEAR_KERNEL)
+        return candidates[LINEAR_KERNEL if LINEAR_KERNEL in candidates else "onednn"]()
+    if weight.numel() * weight.element_size() > PACK_MAX_BYTES:
+        return candidates["mkl"]()
     name = _CHOICE.get(key)
     if name is None:
-        if LINEAR_KERNEL != "auto":
-            name = LINEAR_KERNEL if LINEAR_KERNEL in candidates else "onednn"
-        else:
-            name, out = _time_candidates(candidates)
-            _CHOICE[key] = name
-            return out
+        name, out = _time_candidates(candidates)
         _CHOICE[key] = name
+        return out
     return candidates[name]()
 
 
@@ -203,7 +211,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
         if act != "none":
             candidates["onednn_unfused"] = onednn_unfused
         k = weight.shape[-1]
-        return _dispatch(("linear", act, x.numel() // k, k, weight.shape[0], bias is not None), candidates)
+        return _dispatch(("linear", act, x.numel() // k, k, weight.shape[0], bias is not None), candidates, weight)
     y = F.linear(x, weight, bias)
     if act == "gelu":
         return F.gelu(y)
@@ -228,7 +236,7 @@ def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor],
 
         k = weight.shape[-1]
         return _dispatch(("linear_add", x.numel() // k, k, weight.shape[0], bias is not None),
-                         {"onednn": onednn, "mkl": mkl})
+                         {"onednn": onednn, "mkl": mkl}, weight)
     return other + F.linear(x, weight, bias)
 
 
