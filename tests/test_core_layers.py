@@ -672,3 +672,32 @@ def test_short_key_attention_matches_sdpa(monkeypatch, keys):
                                rtol=1e-5, atol=1e-6)
     attn_mod.attention(q, k, v, dropout_p=0.5)
     assert len(calls) == 2  # the bool mask and the dropout went to SDPA
+
+
+@pytest.mark.parametrize("k,d,padding,hw", [(7, 2, (6, 6), (13, 10)), (7, 2, (0, 6), (20, 9)), (5, 2, (1, 4), (11, 12)),
+                                             (3, 3, (3, 3), (10, 7)), (7, 2, (6, 6), (1, 1))])
+def test_polyphase_depthwise_conv_matches_dilated_conv(k, d, padding, hw):
+    """The polyphase form of a dilated depthwise conv equals F.conv2d (odd sizes, asymmetric padding as
+    row bands use it, dilation 3, a 1x1 input smaller than the kernel)."""
+    from vitsuite.core.layers.fast import polyphase_depthwise_conv2d
+
+    C = 5
+    x = torch.randn(2, C, *hw, dtype=torch.float32).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(C, 1, k, k, dtype=torch.float32)
+    ref = F.conv2d(x, w, None, 1, padding, d, C)
+    got = polyphase_depthwise_conv2d(x, w, padding, d)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+
+
+def test_choose_kernel_runs_the_stored_choice():
+    import vitsuite.core.layers.fast as fast_path
+
+    key = ("test_choose_kernel", 1)
+    fast_path._CHOICE.pop(key, None)
+    out = fast_path.choose_kernel(key, {"a": lambda: torch.zeros(2), "b": lambda: torch.zeros(2)})
+    assert torch.equal(out, torch.zeros(2)) and fast_path._CHOICE[key] in ("a", "b")
+    fast_path._CHOICE[key] = "b"
+    assert torch.equal(fast_path.choose_kernel(key, {"a": lambda: torch.ones(1), "b": lambda: torch.full((1,), 2.0)}),
+                       torch.full((1,), 2.0))
+    fast_path._CHOICE.pop(key)

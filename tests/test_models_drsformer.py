@@ -182,6 +182,25 @@ def test_mefc_step_matches_the_concatenated_experts(band_rows, monkeypatch):
         assert (g - F.relu(want + xh)).abs().max() <= 1e-5 * scale
 
 
+@pytest.mark.parametrize("kernel", ["direct", "polyphase"])
+@pytest.mark.parametrize("band_rows", [None, 3])
+def test_mefc_fast_path_dilated_kernels_match(kernel, band_rows, monkeypatch):
+    """float32 inference: the dilated experts through either kernel of the timed choice (direct oneDNN or
+    the polyphase form), whole map and thin bands, equal the authors' formulation."""
+    m = _randomize(drs.OperationLayer(8)).float()
+    x, w = torch.rand(2, 8, 13, 10, dtype=torch.float32), torch.softmax(torch.randn(2, drs.NUM_OPS), -1).float()
+    if band_rows:
+        monkeypatch.setattr(drs, "_MEFC_BAND_BYTES", 1)
+        monkeypatch.setattr(drs, "_BAND_MIN_ROWS", band_rows)
+    used = []
+    monkeypatch.setattr(drs, "choose_kernel", lambda key, candidates: used.append(key) or candidates[kernel]())
+    with torch.no_grad():
+        want = _reference_operation_layer(m, x, w).permute(0, 2, 3, 1)
+        got = m(x.permute(0, 2, 3, 1).contiguous(), w)
+    assert used and all(k[0] == "depthwise_dilated" for k in used)  # the three dilated experts, every band
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
 @pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("bias", [False, True])
 def test_tksa_matches_explicit_topk_masks(heads, bias):
