@@ -688,6 +688,9 @@ def test_polyphase_depthwise_conv_matches_dilated_conv(k, d, padding, hw):
     got = polyphase_depthwise_conv2d(x, w, padding, d)
     assert got.shape == ref.shape
     torch.testing.assert_close(got, ref, rtol=0, atol=1e-5)
+    b = torch.randn(C, dtype=torch.float32)
+    torch.testing.assert_close(polyphase_depthwise_conv2d(x, w, padding, d, b), F.conv2d(x, w, b, 1, padding, d, C),
+                               rtol=0, atol=1e-5)
 
 
 def test_choose_kernel_runs_the_stored_choice():

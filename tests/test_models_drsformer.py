@@ -193,7 +193,18 @@ def test_mefc_fast_path_dilated_kernels_match(kernel, band_rows, monkeypatch):
         monkeypatch.setattr(drs, "_MEFC_BAND_BYTES", 1)
         monkeypatch.setattr(drs, "_BAND_MIN_ROWS", band_rows)
     used = []
-    monkeypatch.setattr(drs, "choose_kernel", lambda key, candidates: used.append(key) or candidates[kernel]())
+    import importlib
+
+    fast_path = importlib.import_module("vitsuite.core.layers.fast")  # depthwise_conv2d's timed choice
+    real_choose = fast_path.choose_kernel
+
+    def choose(key, candidates):  # the dilated depthwise choice is forced; matmul choices stay timed
+        if key[0] != "depthwise_dilated":
+            return real_choose(key, candidates)
+        used.append(key)
+        return candidates[kernel]()
+
+    monkeypatch.setattr(fast_path, "choose_kernel", choose)
     with torch.no_grad():
         want = _reference_operation_layer(m, x, w).permute(0, 2, 3, 1)
         got = m(x.permute(0, 2, 3, 1).contiguous(), w)

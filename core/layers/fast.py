@@ -41,6 +41,7 @@ __all__ = [
     "use_winograd",
     "choose_kernel",
     "polyphase_depthwise_conv2d",
+    "depthwise_conv2d",
 ]
 
 
@@ -195,14 +196,16 @@ def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Te
     return candidates[name]()
 
 
-def polyphase_depthwise_conv2d(x: Tensor, weight: Tensor, padding: tuple[int, int], dilation: int) -> Tensor:
-    """``F.conv2d(x, weight, None, 1, padding, dilation, groups=C)`` for a depthwise ``weight (C, 1, kh, kw)``
+def polyphase_depthwise_conv2d(x: Tensor, weight: Tensor, padding: tuple[int, int], dilation: int,
+                               bias: Optional[Tensor] = None) -> Tensor:
+    """``F.conv2d(x, weight, bias, 1, padding, dilation, groups=C)`` for a depthwise ``weight (C, 1, kh, kw)``
     computed as an undilated convolution of the ``dilation**2`` polyphase components of the zero-padded
     input (output pixel (d i + a, d j + b) only reads input pixels of phase (a, b)); bit-identical.
 
     Why: oneDNN's depthwise kernels fall off a cliff for wide dilated kernels on AVX2 - a 7x7 kernel with
     dilation 2 on 96 channels at 128x128 took 62-83 ms (2-3 GFLOP/s) against 4.8 ms this way (DRSformer's
-    MEFC experts); 3x3 / 5x5 dilated kernels stay faster direct, hence a timed choice at the call site.
+    MEFC experts); 3x3 / 5x5 dilated kernels stay faster direct, hence the timed choice of
+    :func:`depthwise_conv2d`.
 
     Args:
         x: (B, C, H, W), best channels-last. padding: (rows, cols) of zeros on each side.
@@ -217,9 +220,22 @@ def polyphase_depthwise_conv2d(x: Tensor, weight: Tensor, padding: tuple[int, in
     padded = x.new_zeros(B, d * hi, d * wi, C)     # d * hi >= H + 2 ph: the image and its zero border fit
     padded[:, ph:ph + H, pw:pw + W] = x.permute(0, 2, 3, 1)
     phases = padded.view(B, hi, d, wi, d, C).permute(0, 2, 4, 1, 3, 5).reshape(B * d * d, hi, wi, C)
-    y = F.conv2d(phases.permute(0, 3, 1, 2), weight, None, 1, 0, 1, C)   # (B d d, C, ho, wo)
+    y = F.conv2d(phases.permute(0, 3, 1, 2), weight, bias, 1, 0, 1, C)   # (B d d, C, ho, wo)
     y = y.permute(0, 2, 3, 1).reshape(B, d, d, ho, wo, C).permute(0, 3, 1, 4, 2, 5).reshape(B, d * ho, d * wo, C)
     return y[:, :Ho, :Wo].permute(0, 3, 1, 2)
+
+
+def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: tuple[int, int],
+                     dilation: int = 1) -> Tensor:
+    """Depthwise ``F.conv2d`` (stride 1, groups = C): ``x (B, C, H, W)``, ``weight (C, 1, kh, kw)`` -> ``(B, C,
+    Ho, Wo)``. Dilated kernels on the CPU inference fast path run the faster of oneDNN's direct kernel and
+    :func:`polyphase_depthwise_conv2d`, timed per shape (:func:`choose_kernel`)."""
+    if dilation == 1 or not fast_inference(x):
+        return F.conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0])
+    return choose_kernel(
+        ("depthwise_dilated", tuple(x.shape), tuple(weight.shape), bias is not None, tuple(padding), dilation),
+        {"direct": lambda: F.conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0]),
+         "polyphase": lambda: polyphase_depthwise_conv2d(x, weight, padding, dilation, bias)})
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
@@ -231,10 +247,10 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
     oneDNN then the activation, and MKL's sgemm then the activation (the same function).
     """
     if fast:
+        epilogue = {"gelu": ("gelu", [], "none"), "leaky_relu": ("leaky_relu", [slope], "")}.get(act, ("none", [], ""))
+
         def onednn() -> Tensor:
-            fused = act if act in ("gelu", "leaky_relu") else "none"
-            scalars, algo = ([slope], "") if fused == "leaky_relu" else ([], "none" if fused == "gelu" else "")
-            return torch.ops.mkldnn._linear_pointwise(x, _maybe_packed(x, weight), bias, fused, scalars, algo)
+            return torch.ops.mkldnn._linear_pointwise(x, _maybe_packed(x, weight), bias, *epilogue)
 
         def onednn_unfused() -> Tensor:
             y = torch.ops.mkldnn._linear_pointwise(x, _maybe_packed(x, weight), bias, "none", [], "")

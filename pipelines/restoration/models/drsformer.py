@@ -32,8 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vitsuite.core.layers.attention import DRSFORMER_TOPK_RATIOS, topk_sparse_probs
-from vitsuite.core.layers.fast import (choose_kernel, fast_inference, graph_capture, linear, linear_add,
-                                       polyphase_depthwise_conv2d)
+from vitsuite.core.layers.fast import depthwise_conv2d, fast_inference, graph_capture, linear, linear_add
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "restoration"
@@ -88,16 +87,8 @@ def _depthwise_rows(x: Tensor, weight: Tensor, bias: Tensor | None, r0: int, r1:
     p, H = dilation * (weight.shape[-1] // 2), x.shape[1]
     i0, i1 = max(r0 - p, 0), min(r1 + p, H)
     m = max(p - (r0 - i0), p - (i1 - r1))  # zero rows needed beyond the image (symmetric conv padding)
-    xb = _nchw(x[:, i0:i1])
-    if dilation > 1 and bias is None and fast_inference(x):
-        # oneDNN runs wide dilated depthwise kernels (MEFC's 7x7, dilation 2) 10x slower on AVX2 than
-        # the same kernel undilated on the polyphase components; which is faster is timed per shape.
-        y = _nhwc(choose_kernel(
-            ("depthwise_dilated", tuple(xb.shape), tuple(weight.shape), m, p, dilation),
-            {"direct": lambda: F.conv2d(xb, weight, None, 1, (m, p), dilation, weight.shape[0]),
-             "polyphase": lambda: polyphase_depthwise_conv2d(xb, weight, (m, p), dilation)}))
-    else:
-        y = _nhwc(F.conv2d(xb, weight, bias, 1, (m, p), dilation, weight.shape[0]))
+    # (dilated kernels: core's timed choice of oneDNN's direct kernel or the polyphase form)
+    y = _nhwc(depthwise_conv2d(_nchw(x[:, i0:i1]), weight, bias, (m, p), dilation))
     j0 = r0 - i0 + m - p
     return y if y.shape[1] == r1 - r0 else y[:, j0:j0 + r1 - r0]
 
