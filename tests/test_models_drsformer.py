@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from conftest import reference_root
 from model_helpers import randomize_
+from vitsuite.core import native
 from vitsuite.core.checkpoint import save_checkpoint
 from vitsuite.core.registry import detect_official as detect_all
 from vitsuite.models import count_model_parameters, from_official, load_official_checkpoint
@@ -182,13 +183,15 @@ def test_mefc_step_matches_the_concatenated_experts(band_rows, monkeypatch):
         assert (g - F.relu(want + xh)).abs().max() <= 1e-5 * scale
 
 
-@pytest.mark.parametrize("kernel", ["direct", "polyphase"])
+@pytest.mark.parametrize("kernel", ["direct", "polyphase", "native"])
 @pytest.mark.parametrize("band_rows", [None, 3])
 def test_mefc_fast_path_dilated_kernels_match(kernel, band_rows, monkeypatch):
-    """float32 inference: the dilated experts through either kernel of the timed choice (direct oneDNN or
-    the polyphase form), whole map and thin bands, equal the authors' formulation."""
-    m = _randomize(drs.OperationLayer(8)).float()
-    x, w = torch.rand(2, 8, 13, 10, dtype=torch.float32), torch.softmax(torch.randn(2, drs.NUM_OPS), -1).float()
+    """float32 inference: the dilated experts through each kernel of the timed choice (direct oneDNN, the
+    polyphase form, the native AVX2 kernel), whole map and thin bands, equal the authors' formulation."""
+    if kernel == "native" and not native.available():
+        pytest.skip(f"native kernels unavailable here: {native.why_unavailable()}")
+    m = _randomize(drs.OperationLayer(16 if kernel == "native" else 8)).float()  # native: C % 8 == 0
+    x, w = torch.rand(2, m._out[0].out_channels, 13, 10), torch.softmax(torch.randn(2, drs.NUM_OPS), -1).float()
     if band_rows:
         monkeypatch.setattr(drs, "_MEFC_BAND_BYTES", 1)
         monkeypatch.setattr(drs, "_BAND_MIN_ROWS", band_rows)
@@ -198,8 +201,8 @@ def test_mefc_fast_path_dilated_kernels_match(kernel, band_rows, monkeypatch):
     fast_path = importlib.import_module("vitsuite.core.layers.fast")  # depthwise_conv2d's timed choice
     real_choose = fast_path.choose_kernel
 
-    def choose(key, candidates):  # the dilated depthwise choice is forced; matmul choices stay timed
-        if key[0] != "depthwise_dilated":
+    def choose(key, candidates):  # the dilated depthwise choice is forced; other choices stay timed
+        if key[0] != "depthwise" or key[5] == 1:
             return real_choose(key, candidates)
         used.append(key)
         return candidates[kernel]()
@@ -208,7 +211,7 @@ def test_mefc_fast_path_dilated_kernels_match(kernel, band_rows, monkeypatch):
     with torch.no_grad():
         want = _reference_operation_layer(m, x, w).permute(0, 2, 3, 1)
         got = m(x.permute(0, 2, 3, 1).contiguous(), w)
-    assert used and all(k[0] == "depthwise_dilated" for k in used)  # the three dilated experts, every band
+    assert used and all(k[0] == "depthwise" and k[5] == 2 for k in used)  # the three dilated experts, every band
     assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 

@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
+from vitsuite.core import native
+
 __all__ = [
     "cpu_autocast_enabled",
     "inplace_ok",
@@ -225,17 +227,66 @@ def polyphase_depthwise_conv2d(x: Tensor, weight: Tensor, padding: tuple[int, in
     return y[:, :Ho, :Wo].permute(0, 3, 1, 2)
 
 
+_NATIVE_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # (C, 1, kh, kw) weight -> (tensor_key, (kh, kw, C))
+
+
+def _native_weight(weight: Tensor) -> Tensor:
+    """``weight (C, 1, kh, kw)`` as the native kernel's ``(kh, kw, C)``, cached while it is unchanged
+    (inference tensors, e.g. weights derived under ``inference_mode``, have no version to check: redone,
+    a few microseconds)."""
+    if weight.is_inference():
+        return weight[:, 0].permute(1, 2, 0).contiguous()
+    key = tensor_key(weight)
+    hit = _NATIVE_WEIGHTS.get(weight)
+    if hit is None or hit[0] != key:
+        hit = _NATIVE_WEIGHTS[weight] = (key, weight[:, 0].permute(1, 2, 0).contiguous())
+    return hit[1]
+
+
+def _native_depthwise_ok(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether :func:`vitsuite.core.native.depthwise_nhwc` can take this call (channels-last images, any
+    batch stride; channels a multiple of 8; float32) and the extension is loaded (built on the first such
+    call)."""
+    if x.dim() != 4 or weight.shape[1] != 1 or weight.shape[0] % 8 or weight.dtype != torch.float32:
+        return False
+    C, H, W = x.shape[1:]
+    return (x.stride(1) == 1 and x.stride(3) == C and x.stride(2) == W * C
+            and (bias is None or bias.dtype == torch.float32) and native.available())
+
+
 def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: tuple[int, int],
-                     dilation: int = 1) -> Tensor:
-    """Depthwise ``F.conv2d`` (stride 1, groups = C): ``x (B, C, H, W)``, ``weight (C, 1, kh, kw)`` -> ``(B, C,
-    Ho, Wo)``. Dilated kernels on the CPU inference fast path run the faster of oneDNN's direct kernel and
-    :func:`polyphase_depthwise_conv2d`, timed per shape (:func:`choose_kernel`)."""
-    if dilation == 1 or not fast_inference(x):
-        return F.conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0])
-    return choose_kernel(
-        ("depthwise_dilated", tuple(x.shape), tuple(weight.shape), bias is not None, tuple(padding), dilation),
-        {"direct": lambda: F.conv2d(x, weight, bias, 1, padding, dilation, weight.shape[0]),
-         "polyphase": lambda: polyphase_depthwise_conv2d(x, weight, padding, dilation, bias)})
+                     dilation: int = 1, relu: bool = False) -> Tensor:
+    """Depthwise ``F.conv2d`` (stride 1, groups = C), then ReLU when ``relu``: ``x (B, C, H, W)``, ``weight
+    (C, 1, kh, kw)`` -> ``(B, C, Ho, Wo)``.
+
+    On the CPU inference fast path the kernel is the fastest, timed per shape (:func:`choose_kernel`), of
+    oneDNN's direct kernel, :func:`polyphase_depthwise_conv2d` (dilated kernels) and the native AVX2
+    kernel (:mod:`vitsuite.core.native`, channels-last ``x``, C a multiple of 8; ReLU fused), all the
+    same function. Elsewhere (autograd, autocast, export, GPUs): ``F.conv2d``.
+    """
+    C = weight.shape[0]
+    if not fast_inference(x):
+        y = F.conv2d(x, weight, bias, 1, padding, dilation, C)
+        return F.relu(y) if relu else y
+
+    def direct() -> Tensor:
+        y = F.conv2d(x, weight, bias, 1, padding, dilation, C)
+        return y.relu_() if relu else y
+
+    candidates = {"direct": direct}
+    if dilation > 1:
+        candidates["polyphase"] = lambda: _relu_(polyphase_depthwise_conv2d(x, weight, padding, dilation, bias), relu)
+    if _native_depthwise_ok(x, weight, bias):
+        candidates["native"] = lambda: native.depthwise_nhwc(
+            x.permute(0, 2, 3, 1), _native_weight(weight), bias, padding, dilation, relu).permute(0, 3, 1, 2)
+    if len(candidates) == 1:
+        return direct()
+    return choose_kernel(("depthwise", tuple(x.shape), tuple(weight.shape), bias is not None, tuple(padding),
+                          dilation, relu), candidates)
+
+
+def _relu_(y: Tensor, relu: bool) -> Tensor:
+    return y.relu_() if relu else y
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",

@@ -78,8 +78,10 @@ def _pointwise(x: Tensor, conv: nn.Conv2d) -> Tensor:
     return linear(x, conv.weight.flatten(1), conv.bias, fast=not conv.training and fast_inference(x))
 
 
-def _depthwise_rows(x: Tensor, weight: Tensor, bias: Tensor | None, r0: int, r1: int, dilation: int = 1) -> Tensor:
-    """Rows r0..r1-1 of the depthwise "same" conv of ``x (B, H, W, C)`` -> ``(B, r1 - r0, W, C)``.
+def _depthwise_rows(x: Tensor, weight: Tensor, bias: Tensor | None, r0: int, r1: int, dilation: int = 1,
+                    relu: bool = False) -> Tensor:
+    """Rows r0..r1-1 of the depthwise "same" conv of ``x (B, H, W, C)`` (then ReLU when ``relu``) ->
+    ``(B, r1 - r0, W, C)``.
 
     Reads only the rows the kernel needs; zero padding applies at the image border alone, so a band's
     rows equal those of the full convolution.
@@ -87,8 +89,8 @@ def _depthwise_rows(x: Tensor, weight: Tensor, bias: Tensor | None, r0: int, r1:
     p, H = dilation * (weight.shape[-1] // 2), x.shape[1]
     i0, i1 = max(r0 - p, 0), min(r1 + p, H)
     m = max(p - (r0 - i0), p - (i1 - r1))  # zero rows needed beyond the image (symmetric conv padding)
-    # (dilated kernels: core's timed choice of oneDNN's direct kernel or the polyphase form)
-    y = _nhwc(depthwise_conv2d(_nchw(x[:, i0:i1]), weight, bias, (m, p), dilation))
+    # core's timed choice of oneDNN's kernel, the native AVX2 one or (dilated) the polyphase form
+    y = _nhwc(depthwise_conv2d(_nchw(x[:, i0:i1]), weight, bias, (m, p), dilation, relu))
     j0 = r0 - i0 + m - p
     return y if y.shape[1] == r1 - r0 else y[:, j0:j0 + r1 - r0]
 
@@ -109,7 +111,11 @@ def _row_bands(H: int, row_bytes: int, band_bytes: int) -> list[tuple[int, int]]
 
 
 def _spatial(x: Tensor, conv: nn.Module) -> Tensor:
-    """A spatial conv / pool module applied to ``(B, H, W, C)`` -> ``(B, H', W', C')``."""
+    """A spatial conv / pool module applied to ``(B, H, W, C)`` -> ``(B, H', W', C')`` (depthwise "same"
+    convolutions through core's :func:`depthwise_conv2d`)."""
+    if (isinstance(conv, nn.Conv2d) and conv.groups == conv.in_channels == conv.out_channels
+            and conv.stride == (1, 1) and conv.padding_mode == "zeros" and conv.dilation[0] == conv.dilation[1]):
+        return _nhwc(depthwise_conv2d(_nchw(x), conv.weight, conv.bias, conv.padding, conv.dilation[0]))
     return _nhwc(conv(_nchw(x)))
 
 
@@ -282,8 +288,8 @@ class MixedScaleFFN(nn.Module):
         for o, z, (_, _, k3, b3, k5, b5, m3, m5) in zip((0, h), zs, weights):
             halo = m3.shape[-1] // 2
             s0, s1 = max(r0 - halo, 0), min(r1 + halo, H)   # stage-1 rows the mixer needs
-            a3 = F.relu(_depthwise_rows(z, k3, b3, s0, s1), inplace=True)
-            a5 = F.relu(_depthwise_rows(z, k5, b5, s0, s1), inplace=True)
+            a3 = _depthwise_rows(z, k3, b3, s0, s1, relu=True)
+            a5 = _depthwise_rows(z, k5, b5, s0, s1, relu=True)
             u = (_depthwise_rows(a3, m3, None, r0 - s0, r1 - s0), _depthwise_rows(a5, m5, None, r0 - s0, r1 - s0))
             for g0, g1, sa, pa, sb, pb in self.runs:
                 n = g1 - g0

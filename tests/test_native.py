@@ -1,0 +1,121 @@
+"""The optional native CPU kernels (vitsuite.core.native): results against PyTorch's, fallbacks."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vitsuite.core import native
+import vitsuite.core.layers.fast as fast_path
+
+
+@pytest.fixture(scope="module")
+def built():
+    if not native.available():  # visible skip: no AVX2, no compiler, or disabled
+        pytest.skip(f"native kernels unavailable here: {native.why_unavailable()}")
+
+
+def _reference(x_nhwc, weight, bias, padding, dilation, relu):
+    y = F.conv2d(x_nhwc.permute(0, 3, 1, 2), weight, bias, 1, padding, dilation, weight.shape[0])
+    return (F.relu(y) if relu else y).permute(0, 2, 3, 1)
+
+
+@pytest.mark.parametrize("C", [8, 24, 48])           # 16-channel slices, and an 8-channel tail
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("padding", ["same", "rows_only", "wide"])
+def test_depthwise_nhwc_matches_conv2d(built, C, k, dilation, padding):
+    """Odd sizes, 37 rows (three row blocks), widths with a tail after the 4-pixel tiles, two images,
+    bias on / off, ReLU on / off, asymmetric row / column padding."""
+    g = torch.Generator().manual_seed(C * 100 + k * 10 + dilation)
+    half = dilation * (k // 2)
+    pad = {"same": (half, half), "rows_only": (half, 0), "wide": (half + 1, 2)}[padding]
+    x = torch.randn(2, 41, 23, C, generator=g)[:, 2:39]  # a row band: images at a larger stride
+    weight = torch.randn(C, 1, k, k, generator=g)
+    bias = torch.randn(C, generator=g)
+    if 23 + 2 * pad[1] - dilation * (k - 1) <= 0:
+        pytest.skip("kernel wider than the padded input")
+    wt = weight[:, 0].permute(1, 2, 0).contiguous()
+    for b in (None, bias):
+        for relu in (False, True):
+            got = native.depthwise_nhwc(x, wt, b, pad, dilation, relu)
+            want = _reference(x, weight, b, pad, dilation, relu)
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_nhwc_input_smaller_than_kernel_and_checks(built):
+    x = torch.randn(1, 2, 3, 16)
+    weight = torch.randn(16, 1, 5, 5)
+    wt = weight[:, 0].permute(1, 2, 0).contiguous()
+    torch.testing.assert_close(native.depthwise_nhwc(x, wt, None, (2, 2)), _reference(x, weight, None, (2, 2), 1, False))
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        native.depthwise_nhwc(torch.randn(1, 4, 4, 12), torch.randn(3, 3, 12), None, (1, 1))
+    with pytest.raises(RuntimeError, match="float32"):
+        native.depthwise_nhwc(x.double(), wt, None, (2, 2))
+    with pytest.raises(RuntimeError, match="larger than the padded input"):
+        native.depthwise_nhwc(x, wt, None, (0, 0))
+
+
+def test_core_depthwise_conv2d_offers_native_only_where_it_applies(built, monkeypatch):
+    """core's depthwise_conv2d: the native candidate equals F.conv2d (+ReLU); it is not offered for
+    channel counts off the multiple of 8 or for NCHW memory; autograd takes F.conv2d."""
+    offered = {}
+
+    def choose(key, candidates):
+        offered[key] = sorted(candidates)
+        return candidates["native"]() if "native" in candidates else candidates["direct"]()
+
+    monkeypatch.setattr(fast_path, "choose_kernel", choose)
+    weight, bias = torch.randn(32, 1, 3, 3), torch.randn(32)
+    x = torch.randn(1, 32, 11, 9).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        for relu in (False, True):
+            got = fast_path.depthwise_conv2d(x, weight, bias, (1, 1), 1, relu)
+            want = F.conv2d(x, weight, bias, 1, 1, 1, 32)
+            torch.testing.assert_close(got, F.relu(want) if relu else want, rtol=1e-5, atol=1e-5)
+        assert all(v == ["direct", "native"] for v in offered.values()) and len(offered) == 2
+        offered.clear()
+        fast_path.depthwise_conv2d(x.contiguous(), weight, bias, (1, 1))                  # NCHW memory
+        fast_path.depthwise_conv2d(torch.randn(1, 12, 5, 5).contiguous(memory_format=torch.channels_last),
+                                   torch.randn(12, 1, 3, 3), None, (1, 1))                 # 12 channels
+        fast_path.depthwise_conv2d(x, weight, None, (2, 2), 2)                             # dilated
+    assert list(offered.values()) == [["direct", "native", "polyphase"]]
+    xg = x.clone().requires_grad_()
+    y = fast_path.depthwise_conv2d(xg, weight, bias, (1, 1), relu=True)
+    y.sum().backward()
+    assert xg.grad is not None
+
+
+def test_native_weight_cache_follows_updates(built):
+    weight = torch.nn.Parameter(torch.randn(16, 1, 3, 3))
+    first = fast_path._native_weight(weight)
+    assert fast_path._native_weight(weight) is first
+    with torch.no_grad():
+        weight.mul_(2)
+    torch.testing.assert_close(fast_path._native_weight(weight), 2 * first)
+
+
+def test_disabled_by_environment(monkeypatch):
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.setenv("VITSUITE_NATIVE", "0")
+    assert not native.available()
+    assert "VITSUITE_NATIVE" in native.why_unavailable()
+    x = torch.randn(1, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():  # falls back to PyTorch's kernel, same function
+        got = fast_path.depthwise_conv2d(x, torch.ones(16, 1, 3, 3), None, (1, 1))
+    torch.testing.assert_close(got, F.conv2d(x, torch.ones(16, 1, 3, 3), None, 1, 1, 1, 16))
+
+
+def test_build_failure_falls_back_with_one_warning(monkeypatch):
+    monkeypatch.setattr(native, "_STATE", {})
+    monkeypatch.delenv("VITSUITE_NATIVE", raising=False)
+    monkeypatch.setattr(native, "_cpu_supported", lambda: True)
+
+    def broken():
+        raise RuntimeError("Error building extension 'vitsuite_native'\nno compiler")
+
+    monkeypatch.setattr(native, "_build", broken)
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        assert not native.available()
+    assert not native.available()  # decided once, no second warning
+    assert "build failed" in native.why_unavailable()
