@@ -291,14 +291,23 @@ def _linear_pointwise_flop(*args, out_val=None, **kwargs) -> int:
 _linear_pointwise_flop._get_raw = True  # FlopCounterMode passes the raw tensors (both overloads)
 
 
+def _native_depthwise_flop(*args, out_val=None, **kwargs) -> int:
+    """vitsuite's native depthwise conv (``vitsuite_native.depthwise_nhwc``): 2 * out elements * kh * kw,
+    the count torch gives a depthwise ``aten.convolution``."""
+    return 2 * out_val.numel() * args[1].shape[0] * args[1].shape[1]
+
+
+_native_depthwise_flop._get_raw = True
+
+
 def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
     """Forward FLOPs of ``fn()`` (FlopCounterMode: matmuls, convolutions, attention).
 
     torch's registry has no formula for the CPU flash-attention kernel that
     ``F.scaled_dot_product_attention`` dispatches to on CPU, nor for the oneDNN fused linear
-    ``torch.ops.mkldnn._linear_pointwise`` (which some of our layers call directly), so both are
-    added here (attention: same formula as the CUDA kernels, 4 * B * H * Lq * Lk * D); without
-    them those ops would count as free.
+    ``torch.ops.mkldnn._linear_pointwise`` (which some of our layers call directly), nor for our native
+    depthwise convolution, so they are added here (attention: same formula as the CUDA kernels,
+    4 * B * H * Lq * Lk * D); without them those ops would count as free.
     ``module``'s parameters are frozen while counting: the counter's module tracker would otherwise
     try to hook the backward of parameters passed as submodule inputs, which fails without autograd.
     """
@@ -309,6 +318,10 @@ def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
         custom[torch.ops.aten._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flop
     with contextlib.suppress(AttributeError, RuntimeError):
         custom[torch.ops.mkldnn._linear_pointwise] = _linear_pointwise_flop
+    from vitsuite.core import native
+
+    if native.available():
+        custom[torch.ops.vitsuite_native.depthwise_nhwc] = _native_depthwise_flop
     flags = [(p, p.requires_grad) for p in module.parameters()]
     try:
         for p, _ in flags:
