@@ -100,6 +100,8 @@ def test_disabled_by_environment(monkeypatch):
     monkeypatch.setenv("VITSUITE_NATIVE", "0")
     assert not native.available()
     assert "VITSUITE_NATIVE" in native.why_unavailable()
+    with pytest.raises(RuntimeError, match="unavailable: disabled by VITSUITE_NATIVE"):
+        native.depthwise_nhwc(torch.randn(1, 4, 4, 8), torch.randn(3, 3, 8), None, (1, 1))
     x = torch.randn(1, 16, 6, 6).contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():  # falls back to PyTorch's kernel, same function
         got = fast_path.depthwise_conv2d(x, torch.ones(16, 1, 3, 3), None, (1, 1))

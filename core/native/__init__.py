@@ -96,7 +96,9 @@ def depthwise_nhwc(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: t
         bias: (C,) or None. padding: (rows, cols) of zeros on each side.
     Returns:
         (B, Ho, Wo, C) with Ho = H + 2 rows - dilation (kh - 1) (likewise Wo); ReLU applied when ``relu``.
-    Requires :func:`available`.
+    Raises RuntimeError (with the reason) when the native kernels are unavailable here.
     """
+    if not _STATE.get("ok") and not available():
+        raise RuntimeError(f"vitsuite native kernels unavailable: {_STATE['why']}")
     return torch.ops.vitsuite_native.depthwise_nhwc(x, weight, bias, int(padding[0]), int(padding[1]),
                                                     int(dilation), bool(relu))
