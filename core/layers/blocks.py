@@ -35,8 +35,8 @@ def init_vit_weights_(module: nn.Module, std: float = 0.02) -> None:
 
 def _gelu_mlp(mlp: nn.Module) -> bool:
     """A timm ``Mlp`` = fc1 -> exact GELU -> fc2 (no norm), which :func:`mlp_residual` may fuse."""
-    act, norm = getattr(mlp, "act", None), getattr(mlp, "norm", nn.Identity())
-    return (type(act) is nn.GELU and act.approximate == "none" and isinstance(norm, nn.Identity)
+    act, norm = getattr(mlp, "act", None), getattr(mlp, "norm", None)  # (no module built per call)
+    return (type(act) is nn.GELU and act.approximate == "none" and (norm is None or isinstance(norm, nn.Identity))
             and isinstance(getattr(mlp, "fc1", None), nn.Linear) and isinstance(getattr(mlp, "fc2", None), nn.Linear))
 
 
