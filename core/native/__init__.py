@@ -28,6 +28,7 @@ from torch import Tensor
 __all__ = ["available", "depthwise_nhwc", "why_unavailable"]
 
 _SOURCE = Path(__file__).with_name("depthwise_nhwc.cpp")
+_LOG = logging.getLogger(__name__)
 _STATE: dict[str, object] = {}  # "ok": bool, "why": str
 
 
@@ -71,6 +72,7 @@ def available() -> bool:
             why = "the CPU has no AVX2/FMA"
         else:
             try:
+                _LOG.info("loading vitsuite's native CPU kernels (compiled once per version, ~15 s)")
                 _build()
             except Exception as exc:  # no compiler / ninja, build error: PyTorch kernels instead
                 why = f"build failed ({type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''})"
