@@ -121,3 +121,12 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
         assert not native.available()
     assert not native.available()  # decided once, no second warning
     assert "build failed" in native.why_unavailable()
+
+
+@pytest.mark.parametrize("kh, kw, pad", [(1, 3, (0, 1)), (3, 1, (1, 0)), (2, 4, (1, 2)), (5, 3, (0, 0))])
+def test_depthwise_nhwc_rectangular_and_even_kernels(built, kh, kw, pad):
+    x = torch.randn(1, 9, 6, 16)
+    weight, bias = torch.randn(16, 1, kh, kw), torch.randn(16)
+    wt = weight[:, 0].permute(1, 2, 0).contiguous()
+    torch.testing.assert_close(native.depthwise_nhwc(x, wt, bias, pad), _reference(x, weight, bias, pad, 1, False),
+                               rtol=1e-5, atol=1e-5)

@@ -9,7 +9,9 @@ So :func:`linear` / :func:`linear_add` time the equivalent kernels on the first 
 keep the fastest (``VITSUITE_LINEAR_KERNEL`` pins one). :func:`fast_inference` says when the path
 applies (CPU float32, no autograd, no autocast, no graph capture: tracing, scripting or torch.compile,
 oneDNN present); everything else (training, bf16/fp16 autocast, export, GPUs) runs the plain ops,
-which compute the same function. Also here: Winograd F(2x2, 3x3) for float32 3x3 convolutions on CPU.
+which compute the same function. Also here: Winograd F(2x2, 3x3) for float32 3x3 convolutions on CPU,
+and :func:`depthwise_conv2d`, the same per-shape timing among oneDNN, the polyphase form of dilated
+kernels and the native AVX2 kernel of :mod:`vitsuite.core.native`.
 """
 
 from __future__ import annotations
