@@ -130,3 +130,62 @@ def test_depthwise_nhwc_rectangular_and_even_kernels(built, kh, kw, pad):
     wt = weight[:, 0].permute(1, 2, 0).contiguous()
     torch.testing.assert_close(native.depthwise_nhwc(x, wt, bias, pad), _reference(x, weight, bias, pad, 1, False),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("M", [1, 7, 73])
+@pytest.mark.parametrize("K", [1, 255, 257, 600])   # one and several 256-wide K blocks, ragged
+@pytest.mark.parametrize("N", [1, 16, 17, 40])
+def test_linear_packed_matches_f_linear(built, M, K, N):
+    g = torch.Generator().manual_seed(M * 1000 + K + N)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    packed = native.pack_linear_weight(w)
+    assert packed.shape == (-(-N // 16), K, 16)
+    for bias in (None, b):
+        torch.testing.assert_close(native.linear_packed(x, packed, N, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-4)
+
+
+def test_linear_packed_checks(built):
+    packed = native.pack_linear_weight(torch.randn(20, 8))
+    with pytest.raises(RuntimeError, match="does not match"):
+        native.linear_packed(torch.randn(3, 9), packed, 20)
+    with pytest.raises(RuntimeError, match="does not match"):
+        native.linear_packed(torch.randn(3, 8), packed, 40)
+    with pytest.raises(RuntimeError, match="contiguous float32"):
+        native.linear_packed(torch.randn(8, 3).t(), packed, 20)
+    with pytest.raises(RuntimeError, match=r"bias must be \(N,\)"):
+        native.linear_packed(torch.randn(3, 8), packed, 20, torch.randn(7))
+
+
+@pytest.mark.parametrize("act", ["none", "gelu", "leaky_relu"])
+def test_fast_linear_native_candidate(built, monkeypatch, act):
+    """The native candidate of core's fast linear / linear_add equals the plain ops; only Parameters are
+    packed, the pack follows in-place updates, the pack budget is honoured, and big weights choose
+    between MKL and native by timing."""
+    lin = torch.nn.Linear(24, 40)
+    x, res = torch.randn(2, 37, 24), torch.randn(2, 37, 40)
+    monkeypatch.setattr(fast_path, "LINEAR_KERNEL", "native")
+    with torch.no_grad():
+        want = fast_path.linear(x, lin.weight, lin.bias, act, slope=0.2)  # plain path
+        torch.testing.assert_close(fast_path.linear(x, lin.weight, lin.bias, act, slope=0.2, fast=True), want,
+                                   rtol=1e-5, atol=1e-5)
+        assert lin.weight in fast_path._NATIVE_LINEAR
+        kept = res.clone()
+        torch.testing.assert_close(fast_path.linear_add(x, res, lin.weight, lin.bias, fast=True),
+                                   res + F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-5)
+        assert torch.equal(res, kept)
+        lin.weight.mul_(-1)  # in-place update: repacked
+        torch.testing.assert_close(fast_path.linear(x, lin.weight, None, fast=True), F.linear(x, lin.weight),
+                                   rtol=1e-5, atol=1e-5)
+        view = lin.weight.view(40, 24)  # not the Parameter: never packed
+        assert fast_path._native_packed(view) is None
+        other = torch.nn.Linear(24, 48)
+        monkeypatch.setattr(fast_path, "NATIVE_PACK_MAX_BYTES", 0)
+        assert fast_path._native_packed(other.weight) is None and other.weight not in fast_path._NATIVE_LINEAR
+        monkeypatch.setattr(fast_path, "NATIVE_PACK_MAX_BYTES", 1 << 30)
+        monkeypatch.setattr(fast_path, "LINEAR_KERNEL", "auto")
+        monkeypatch.setattr(fast_path, "_CHOICE", {})
+        monkeypatch.setattr(fast_path, "PACK_MAX_BYTES", 0)  # "big" weight: MKL or native, timed
+        torch.testing.assert_close(fast_path.linear(x, other.weight, other.bias, fast=True),
+                                   F.linear(x, other.weight, other.bias), rtol=1e-5, atol=1e-5)
+        (key, chosen), = fast_path._CHOICE.items()
+        assert chosen in ("mkl", "native")

@@ -133,14 +133,48 @@ def _maybe_packed(x: Tensor, weight: Tensor) -> Tensor:
     return hit[2]
 
 
+# Weights packed for the native GEMM (vitsuite.core.native.linear_packed), reused while unchanged. The
+# packed copy costs the weight's memory once more (a ViT-L: 1.2 GB), so the total is capped.
+_NATIVE_LINEAR: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (tensor_key, pinned source, packed)
+NATIVE_PACK_MAX_BYTES = int(float(os.environ.get("VITSUITE_NATIVE_PACK_MB", "2048")) * (1 << 20))
+
+
+def _native_packed(weight: Tensor) -> Optional[Tensor]:
+    """``weight (N, K)`` packed for :func:`vitsuite.core.native.linear_packed`, cached per Parameter; None
+    when the native GEMM does not apply (not an ``nn.Parameter``, not float32, the packed total would
+    exceed ``VITSUITE_NATIVE_PACK_MB``, or the native kernels are unavailable)."""
+    if not isinstance(weight, nn.Parameter) or weight.dim() != 2 or weight.dtype != torch.float32:
+        return None
+    key = tensor_key(weight)
+    hit = _NATIVE_LINEAR.get(weight)
+    if hit is not None and hit[0] == key:
+        return hit[2]
+    if not native.available():
+        return None
+    if hit is None:
+        size = -(-weight.shape[0] // 16) * 16 * weight.shape[1] * 4
+        if size + sum(v[2].numel() * 4 for v in _NATIVE_LINEAR.values()) > NATIVE_PACK_MAX_BYTES:
+            return None
+    hit = (key, keep_alive(weight), native.pack_linear_weight(weight.detach()))
+    _NATIVE_LINEAR[weight] = hit
+    return hit[2]
+
+
+def _native_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], packed: Tensor) -> Tensor:
+    """``x (..., K) @ weight.T + bias`` through the native GEMM on ``packed`` -> ``(..., N)``."""
+    N, K = weight.shape
+    y = native.linear_packed(x.reshape(-1, K).contiguous(), packed, N, bias)
+    return y.view(*x.shape[:-1], N)
+
+
 # Which kernel runs a fast-path matmul is measured, not assumed: on an AVX-512 CPU oneDNN with fused
 # GELU / residual beat MKL's sgemm by 20-40 % for every token-matmul shape of the zoo, while on an AVX2
 # EPYC (the benchmark machine kind) the fused GELU epilogue runs at 89-105 against 108-137 GFLOP/s for
 # MKL + a separate GELU, and MKL wins ViT-L's 1024-wide matmuls. So, like ``cudnn.benchmark``, the first
 # call of each (op, activation, rows, in, out) shape times the equivalent candidates and the fastest
 # serves every later call of that shape in this process.
-LINEAR_KERNEL = os.environ.get("VITSUITE_LINEAR_KERNEL", "auto")  # auto | onednn | onednn_unfused | mkl
-LINEAR_KERNELS = ("onednn", "onednn_unfused", "mkl")
+LINEAR_KERNEL = os.environ.get("VITSUITE_LINEAR_KERNEL", "auto")  # auto | onednn | onednn_unfused | mkl | native
+LINEAR_KERNELS = ("onednn", "onednn_unfused", "mkl", "native")
 _CHOICE: dict[tuple, str] = {}  # shape key -> kernel name
 
 
@@ -184,6 +218,8 @@ def _dispatch(key: tuple, candidates: dict[str, Callable[[], Tensor]], weight: T
     if LINEAR_KERNEL != "auto":  # pinned (VITSUITE_LINEAR_KERNEL)
         return candidates[LINEAR_KERNEL if LINEAR_KERNEL in candidates else "onednn"]()
     if weight.numel() * weight.element_size() > PACK_MAX_BYTES:
+        if "native" in candidates:  # its weight is packed once, so the per-call re-layout argument is moot
+            return choose_kernel(key, {"mkl": candidates["mkl"], "native": candidates["native"]})
         return candidates["mkl"]()
     return choose_kernel(key, candidates)
 
@@ -315,6 +351,9 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
         candidates = {"onednn": onednn, "mkl": mkl}
         if act != "none":
             candidates["onednn_unfused"] = onednn_unfused
+        packed = _native_packed(weight) if (bias is None or bias.dtype == torch.float32) else None
+        if packed is not None:
+            candidates["native"] = lambda: _apply_act_(_native_linear(x, weight, bias, packed), act, slope)
         k = weight.shape[-1]
         return _dispatch(("linear", act, x.numel() // k, k, weight.shape[0], bias is not None), candidates, weight)
     y = F.linear(x, weight, bias)
@@ -339,9 +378,12 @@ def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor],
         def mkl() -> Tensor:
             return F.linear(x, weight, bias).add_(other2)
 
+        candidates = {"onednn": onednn, "mkl": mkl}
+        packed = _native_packed(weight) if (bias is None or bias.dtype == torch.float32) else None
+        if packed is not None:
+            candidates["native"] = lambda: _native_linear(x, weight, bias, packed).add_(other2)
         k = weight.shape[-1]
-        return _dispatch(("linear_add", x.numel() // k, k, weight.shape[0], bias is not None),
-                         {"onednn": onednn, "mkl": mkl}, weight)
+        return _dispatch(("linear_add", x.numel() // k, k, weight.shape[0], bias is not None), candidates, weight)
     return other + F.linear(x, weight, bias)
 
 

@@ -1,7 +1,9 @@
 """Optional native CPU kernels, compiled on first use (C++ / AVX2, PyTorch's own build helper).
 
 :func:`depthwise_nhwc` is a channels-last depthwise convolution (``depthwise_nhwc.cpp``) that runs
-1.3-2x faster than oneDNN's channels-last depthwise kernel on AVX2 CPUs (measured on the AMD EPYC of
+1.3-2x faster than oneDNN's channels-last depthwise kernel on AVX2 CPUs, and :func:`linear_packed` a
+float32 ``x @ W^T`` on a weight packed once by :func:`pack_linear_weight` (``linear_packed.cpp``),
+1.1-1.2x MKL's sgemm on the token matmuls of the ViT family (both measured on the AMD EPYC of
 ``docs/models.md``). The extension is built once per source version with
 ``torch.utils.cpp_extension.load`` into PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``; ~15 s with a C++ compiler and ninja) and loaded with
@@ -25,9 +27,9 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["available", "depthwise_nhwc", "why_unavailable"]
+__all__ = ["available", "depthwise_nhwc", "linear_packed", "pack_linear_weight", "why_unavailable"]
 
-_SOURCE = Path(__file__).with_name("depthwise_nhwc.cpp")
+_SOURCES = [Path(__file__).with_name(name) for name in ("depthwise_nhwc.cpp", "linear_packed.cpp")]
 _LOG = logging.getLogger(__name__)
 _STATE: dict[str, object] = {}  # "ok": bool, "why": str
 
@@ -52,9 +54,10 @@ def _build() -> None:
             warnings.simplefilter("ignore")
             from torch.utils import cpp_extension
 
-            digest = hashlib.sha256(_SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:12]
+            digest = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES) + torch.__version__.encode())
             cpp_extension.load(
-                f"vitsuite_native_{digest}", [str(_SOURCE)], is_python_module=False, verbose=False,
+                f"vitsuite_native_{digest.hexdigest()[:12]}", [str(p) for p in _SOURCES], is_python_module=False,
+                verbose=False,
                 # -fopenmp: at::parallel_for is inlined as OpenMP regions. Nothing links a libgomp: its
                 # entry points resolve to the one torch has loaded, so both share one thread pool.
                 extra_cflags=["-O3", "-mavx2", "-mfma", "-fopenmp"])
@@ -104,3 +107,20 @@ def depthwise_nhwc(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: t
         raise RuntimeError(f"vitsuite native kernels unavailable: {_STATE['why']}")
     return torch.ops.vitsuite_native.depthwise_nhwc(x, weight, bias, int(padding[0]), int(padding[1]),
                                                     int(dilation), bool(relu))
+
+
+def pack_linear_weight(weight: Tensor) -> Tensor:
+    """``weight (N, K)`` float32 -> the layout :func:`linear_packed` reads: ``(ceil(N / 16), K, 16)``
+    panels of 16 output columns, zero-padded. Pack once per weight (it costs a copy of the weight).
+    Raises RuntimeError (with the reason) when the native kernels are unavailable here."""
+    if not _STATE.get("ok") and not available():
+        raise RuntimeError(f"vitsuite native kernels unavailable: {_STATE['why']}")
+    return torch.ops.vitsuite_native.pack_linear_weight(weight)
+
+
+def linear_packed(x: Tensor, packed: Tensor, n: int, bias: Optional[Tensor] = None) -> Tensor:
+    """``x @ W^T + bias`` for ``x (M, K)`` contiguous float32, ``packed = pack_linear_weight(W)``, ``W (n, K)``
+    -> ``(M, n)``. Raises RuntimeError (with the reason) when the native kernels are unavailable here."""
+    if not _STATE.get("ok") and not available():
+        raise RuntimeError(f"vitsuite native kernels unavailable: {_STATE['why']}")
+    return torch.ops.vitsuite_native.linear_packed(x, packed, int(n), bias)
