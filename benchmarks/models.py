@@ -300,13 +300,21 @@ def _native_depthwise_flop(*args, out_val=None, **kwargs) -> int:
 _native_depthwise_flop._get_raw = True
 
 
+def _native_linear_flop(*args, out_val=None, **kwargs) -> int:
+    """vitsuite's native GEMM (``vitsuite_native.linear_packed``): 2 * out elements * K."""
+    return 2 * out_val.numel() * args[0].shape[-1]
+
+
+_native_linear_flop._get_raw = True
+
+
 def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
     """Forward FLOPs of ``fn()`` (FlopCounterMode: matmuls, convolutions, attention).
 
     torch's registry has no formula for the CPU flash-attention kernel that
     ``F.scaled_dot_product_attention`` dispatches to on CPU, nor for the oneDNN fused linear
     ``torch.ops.mkldnn._linear_pointwise`` (which some of our layers call directly), nor for our native
-    depthwise convolution, so they are added here (attention: same formula as the CUDA kernels,
+    depthwise convolution and GEMM, so they are added here (attention: same formula as the CUDA kernels,
     4 * B * H * Lq * Lk * D); without them those ops would count as free.
     ``module``'s parameters are frozen while counting: the counter's module tracker would otherwise
     try to hook the backward of parameters passed as submodule inputs, which fails without autograd.
@@ -322,6 +330,7 @@ def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
 
     if native.available():
         custom[torch.ops.vitsuite_native.depthwise_nhwc] = _native_depthwise_flop
+        custom[torch.ops.vitsuite_native.linear_packed] = _native_linear_flop
     flags = [(p, p.requires_grad) for p in module.parameters()]
     try:
         for p, _ in flags:

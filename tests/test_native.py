@@ -180,8 +180,10 @@ def test_fast_linear_native_candidate(built, monkeypatch, act):
         assert fast_path._native_packed(view) is None
         other = torch.nn.Linear(24, 48)
         monkeypatch.setattr(fast_path, "NATIVE_PACK_MAX_BYTES", 0)
-        assert fast_path._native_packed(other.weight) is None and other.weight not in fast_path._NATIVE_LINEAR
+        assert fast_path._native_packed(other.weight) is None and fast_path._NATIVE_LINEAR[other.weight][2] is None
         monkeypatch.setattr(fast_path, "NATIVE_PACK_MAX_BYTES", 1 << 30)
+        assert fast_path._native_packed(other.weight) is None  # the refusal stands while the weight is unchanged
+        other.weight.add_(0)
         monkeypatch.setattr(fast_path, "LINEAR_KERNEL", "auto")
         monkeypatch.setattr(fast_path, "_CHOICE", {})
         monkeypatch.setattr(fast_path, "PACK_MAX_BYTES", 0)  # "big" weight: MKL or native, timed

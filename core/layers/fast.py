@@ -6,7 +6,8 @@ Which matmul kernel is fastest depends on the CPU: on an AVX-512 CPU oneDNN
 fused into its epilogue ran the zoo's token matmuls 20-40 % faster than MKL's sgemm (``addmm``); on an
 AVX2 EPYC MKL wins the wide ViT-L matmuls and the fused-GELU epilogue is slower than a separate GELU.
 So :func:`linear` / :func:`linear_add` time the equivalent kernels on the first call of each shape and
-keep the fastest (``VITSUITE_LINEAR_KERNEL`` pins one). :func:`fast_inference` says when the path
+keep the fastest (``VITSUITE_LINEAR_KERNEL`` pins one); among them the native GEMM of
+:mod:`vitsuite.core.native` on a weight packed once, which beats MKL with 2 threads on the AVX2 EPYC. :func:`fast_inference` says when the path
 applies (CPU float32, no autograd, no autocast, no graph capture: tracing, scripting or torch.compile,
 oneDNN present); everything else (training, bf16/fp16 autocast, export, GPUs) runs the plain ops,
 which compute the same function. Also here: Winograd F(2x2, 3x3) for float32 3x3 convolutions on CPU,
@@ -151,9 +152,11 @@ def _native_packed(weight: Tensor) -> Optional[Tensor]:
         return hit[2]
     if not native.available():
         return None
-    if hit is None:
+    if hit is None or hit[2] is None:  # new, or refused before: (re)check the budget
         size = -(-weight.shape[0] // 16) * 16 * weight.shape[1] * 4
-        if size + sum(v[2].numel() * 4 for v in _NATIVE_LINEAR.values()) > NATIVE_PACK_MAX_BYTES:
+        packed_total = sum(v[2].numel() * 4 for v in _NATIVE_LINEAR.values() if v[2] is not None)
+        if size + packed_total > NATIVE_PACK_MAX_BYTES:
+            _NATIVE_LINEAR[weight] = (key, (), None)  # refused: remembered, not re-counted every call
             return None
     hit = (key, keep_alive(weight), native.pack_linear_weight(weight.detach()))
     _NATIVE_LINEAR[weight] = hit
@@ -208,7 +211,8 @@ def _time_candidates(candidates: dict[str, Callable[[], Tensor]]) -> tuple[str, 
 def _dispatch(key: tuple, candidates: dict[str, Callable[[], Tensor]], weight: Tensor) -> Tensor:
     """Run the kernel chosen for ``key`` (chosen now, by timing, on the first call of that shape).
 
-    Weights above :data:`PACK_MAX_BYTES` (not packed, see :func:`_maybe_packed`) always take MKL: oneDNN
+    Weights above :data:`PACK_MAX_BYTES` (not packed for oneDNN, see :func:`_maybe_packed`) take MKL or,
+    timed against it, the native GEMM (its weight is packed once): oneDNN
     re-lays out an unpacked weight into a fresh buffer on every call, a cost (memory traffic, page
     faults for ViT-L's 4-16 MB weights) that a tuning loop on one cache-hot weight does not see. In
     whole-model runs on the AVX2 EPYC the two rules were within the noise (SatMAE++ ViT-L, ViTPose-B:
@@ -333,7 +337,8 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
 
     x: (..., K), weight: (N, K), bias: (N,) or None -> (..., N). With ``fast`` (see
     :func:`fast_inference`) the kernel is the fastest measured here of oneDNN with the activation fused,
-    oneDNN then the activation, and MKL's sgemm then the activation (the same function).
+    oneDNN then the activation, MKL's sgemm then the activation, and (``nn.Parameter`` weights) the
+    native GEMM on a once-packed weight then the activation (the same function).
     """
     if fast:
         epilogue = {"gelu": ("gelu", [], "none"), "leaky_relu": ("leaky_relu", [slope], "")}.get(act, ("none", [], ""))
@@ -367,8 +372,9 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
 def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor], fast: bool = False) -> Tensor:
     """``other + x @ weight.T + bias``; x: (..., K), other: same number of rows, N columns -> (..., N).
 
-    With ``fast``: the fastest measured here of one oneDNN call with the add fused, and MKL's sgemm
-    followed by an in-place add (``other`` is never written)."""
+    With ``fast``: the fastest measured here of one oneDNN call with the add fused, and MKL's sgemm or
+    (``nn.Parameter`` weights) the native packed-weight GEMM followed by an in-place add (``other`` is
+    never written)."""
     if fast:
         other2 = other.reshape(x.shape[:-1] + other.shape[-1:])
 

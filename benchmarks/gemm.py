@@ -1,0 +1,158 @@
+"""Token-matmul kernels on the zoo's shapes: MKL's sgemm (``F.linear``), oneDNN
+(``mkldnn._linear_pointwise``) and the native packed-weight GEMM (``vitsuite.core.native``), plus
+in-process A/B runs of paper-size models with and without the native GEMM.
+
+Per shape ``(M rows, K in, N out)``: the median time of ``--repeat`` calls of each kernel (same
+process, kernels interleaved call by call), GFLOP/s (2 M K N) and the max |diff| against MKL. Per
+model (``--models``, keys of ``benchmarks/models.py``): our forward with the native GEMM allowed vs
+not (core's per-shape kernel choice otherwise unchanged; each mode keeps its own choices),
+alternating, ``--model-repeat`` pairs.
+
+Usage::
+
+    python benchmarks/gemm.py --threads 2 --repeat 20 --models vitpose_b,satmaepp_vit_l_rgb --model-repeat 8
+
+Writes ``--out`` (default ``benchmarks/results/gemm.json``) and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from vitsuite.core import native
+import vitsuite.core.layers.fast as fast
+
+# (rows, in, out, where)
+SHAPES = [
+    (433, 1024, 4096, "SatMAE++ ViT-L grouped (433 tokens): fc1"),
+    (433, 4096, 1024, "SatMAE++ ViT-L grouped: fc2"),
+    (433, 1024, 3072, "SatMAE++ ViT-L grouped: qkv"),
+    (197, 1024, 4096, "ViT-L/16 at 224 (197 tokens): fc1"),
+    (197, 4096, 1024, "ViT-L/16 at 224: fc2"),
+    (192, 768, 3072, "ViTPose-B (192 tokens): fc1"),
+    (192, 3072, 768, "ViTPose-B: fc2"),
+    (192, 768, 2304, "ViTPose-B: qkv"),
+    (589, 384, 1536, "ChannelViT-S/16, 3 channels (589 tokens): fc1"),
+    (589, 1536, 384, "ChannelViT-S/16: fc2"),
+    (325, 512, 1536, "iTransformer ECL (325 tokens): qkv"),
+    (325, 512, 512, "iTransformer ECL: out / FFN"),
+    (4096, 180, 576, "DRCT / HAT window tokens: qkv (padded heads)"),
+]
+
+
+def bench_shapes(repeat: int) -> list[dict]:
+    rows = []
+    for M, K, N, where in SHAPES:
+        g = torch.Generator().manual_seed(M + K + N)
+        x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+        packed = native.pack_linear_weight(w)
+        fns = {"mkl": lambda: F.linear(x, w, b),
+               "onednn": lambda: torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], ""),
+               "native": lambda: native.linear_packed(x, packed, N, b)}
+        ref = fns["mkl"]()
+        diffs = {name: float((fn() - ref).abs().max()) for name, fn in fns.items()}
+        for fn in fns.values():
+            fn(), fn()
+        times = {name: [] for name in fns}
+        for _ in range(repeat):
+            for name, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+        flops = 2 * M * K * N
+        rows.append({"shape": [M, K, N], "where": where,
+                     "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
+                     "gflops": {n: flops / statistics.median(t) / 1e9 for n, t in times.items()},
+                     "max_diff_vs_mkl": diffs})
+    return rows
+
+
+def bench_models(keys: list[str], pairs: int) -> list[dict]:
+    """Our paper-size models, native GEMM allowed vs not, alternating in one process."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import models as paper  # benchmarks/models.py: the paper-size configurations and inputs
+    from vitsuite.models import build_model
+
+    out = []
+    packed_fn, saved_choice = fast._native_packed, fast._CHOICE
+    for key in keys:
+        pm = paper.select(key)[0]
+        torch.manual_seed(0)
+        model = build_model(pm.ours, **pm.ours_overrides).eval()
+        inputs, extra = pm.make_inputs(torch.Generator().manual_seed(1))
+        choices = {"native": {}, "off": {}}
+
+        def mode(name):
+            fast._native_packed = packed_fn if name == "native" else (lambda weight: None)
+            fast._CHOICE = choices[name]
+
+        times = {name: [] for name in choices}
+        try:
+            with torch.inference_mode():
+                for name in choices:
+                    mode(name)
+                    model(*inputs, **pm.call_kwargs, **extra), model(*inputs, **pm.call_kwargs, **extra)
+                for _ in range(pairs):
+                    for name in choices:
+                        mode(name)
+                        t0 = time.perf_counter()
+                        model(*inputs, **pm.call_kwargs, **extra)
+                        times[name].append(time.perf_counter() - t0)
+        finally:
+            fast._native_packed, fast._CHOICE = packed_fn, saved_choice
+        picked = [v for k, v in choices["native"].items() if str(k[0]).startswith("linear")]
+        med = {name: statistics.median(t) for name, t in times.items()}
+        out.append({"model": key, "seconds": times, "median_s": med, "speedup": med["off"] / med["native"],
+                    "linear_shapes": len(picked), "native_chosen": picked.count("native")})
+        del model
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=20)
+    ap.add_argument("--models", default="vitpose_b,channelvit_s16,satmaepp_vit_l_rgb,duoformer_r50,itransformer_ecl")
+    ap.add_argument("--model-repeat", type=int, default=8, help="pairs per model; 0 skips the models")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "gemm.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not native.available():
+        print(f"native kernels unavailable: {native.why_unavailable()}", file=sys.stderr)
+        return 1
+    with torch.inference_mode():
+        rows = bench_shapes(args.repeat)
+    result = {"host": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
+                       "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()},
+              "shapes": rows}
+    print("| M, K, N | where | MKL GFLOP/s | oneDNN GFLOP/s | native GFLOP/s | native / MKL | native max diff |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        gf = r["gflops"]
+        print(f"| {tuple(r['shape'])} | {r['where']} | {gf['mkl']:.0f} | {gf['onednn']:.0f} | {gf['native']:.0f} | "
+              f"{gf['native'] / gf['mkl']:.2f}x | {r['max_diff_vs_mkl']['native']:.1e} |")
+    if args.model_repeat and args.models:
+        result["models"] = ms = bench_models([k for k in args.models.split(",") if k], args.model_repeat)
+        print("\n| model | without native s | with native s | speedup | native chosen |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for m in ms:
+            print(f"| {m['model']} | {m['median_s']['off']:.4f} | {m['median_s']['native']:.4f} | {m['speedup']:.2f}x | "
+                  f"{m['native_chosen']} of {m['linear_shapes']} linear shapes |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"written {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
