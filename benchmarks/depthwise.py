@@ -4,7 +4,7 @@ in-process A/B of the whole paper-size DRSformer with and without the native ker
 
 Per shape: the median time of ``--repeat`` calls of each kernel after a warm-up (same input, same
 process, kernels interleaved call by call), GFLOP/s (2 * out * kh * kw) and the max |diff| against
-oneDNN. Whole model (``--model``): DRSformer 1x3x128x128 forward, the native kernel allowed vs not
+oneDNN. Whole model: DRSformer 1x3x128x128 forward, the native kernels allowed vs suspended
 (core's per-shape choice otherwise unchanged), alternating, ``--model-repeat`` pairs.
 
 Usage::
@@ -17,16 +17,14 @@ Writes ``--out`` (default ``benchmarks/results/depthwise.json``) and prints a ma
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from native_ab import host, interleaved, native_ab, write_json
 from vitsuite.core import native
 import vitsuite.core.layers.fast as fast
 
@@ -46,20 +44,6 @@ SHAPES = [
 ]
 
 
-def median_times(fns: dict, repeat: int) -> dict:
-    """Median seconds per call of each function, called in turn ``repeat`` times after 3 warm calls."""
-    for fn in fns.values():
-        for _ in range(3):
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeat):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def bench_shapes(repeat: int) -> list[dict]:
     rows = []
     for C, H, W, k, d, where in SHAPES:
@@ -74,7 +58,7 @@ def bench_shapes(repeat: int) -> list[dict]:
         ref = fns["onednn"]()
         diffs = {name: float((fn().reshape(ref.shape) if name != "native" else fn().permute(0, 3, 1, 2)).sub(ref)
                              .abs().max()) for name, fn in fns.items()}
-        t = median_times(fns, repeat)
+        t = {name: statistics.median(v) for name, v in interleaved(fns, repeat, warmup=3).items()}
         flops = 2 * ref.numel() * k * k
         rows.append({"shape": [C, H, W], "kernel": k, "dilation": d, "where": where,
                      "ms": {n: 1e3 * s for n, s in t.items()},
@@ -84,38 +68,13 @@ def bench_shapes(repeat: int) -> list[dict]:
 
 
 def bench_model(pairs: int) -> dict:
-    """DRSformer paper size, forward with the native kernel allowed vs not, alternating in one process."""
+    """DRSformer paper size, native kernels allowed vs suspended, alternating in one process."""
     from vitsuite.models import build_model
 
     torch.manual_seed(0)
     model = build_model("drsformer").eval()
     x = torch.rand(1, 3, 128, 128)
-    allowed = fast._native_depthwise_ok
-    choices = {"native": {}, "onednn": {}}  # each mode keeps its own per-shape kernel choices
-
-    def mode(name):
-        fast._native_depthwise_ok = allowed if name == "native" else (lambda *a: False)
-        fast._CHOICE = choices[name]
-
-    saved = fast._CHOICE
-    times = {name: [] for name in choices}
-    try:
-        with torch.inference_mode():
-            for name in choices:
-                mode(name)
-                model(x), model(x)
-            for _ in range(pairs):
-                for name in choices:
-                    mode(name)
-                    t0 = time.perf_counter()
-                    model(x)
-                    times[name].append(time.perf_counter() - t0)
-    finally:
-        fast._native_depthwise_ok, fast._CHOICE = allowed, saved
-    picked = [v for key, v in choices["native"].items() if key[0] == "depthwise"]
-    med = {name: statistics.median(ts) for name, ts in times.items()}
-    return {"seconds": times, "median_s": med, "speedup": med["onednn"] / med["native"],
-            "depthwise_shapes": len(picked), "native_chosen": picked.count("native")}
+    return native_ab(lambda: model(x), pairs, "depthwise")
 
 
 def main(argv=None) -> int:
@@ -131,9 +90,7 @@ def main(argv=None) -> int:
         return 1
     with torch.inference_mode():
         rows = bench_shapes(args.repeat)
-    result = {"host": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                       "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()},
-              "shapes": rows}
+    result = {"host": host(args.threads), "shapes": rows}
     print("| shape (C, H, W) | k | dil | oneDNN GFLOP/s | native GFLOP/s | polyphase GFLOP/s | native max diff |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
@@ -143,13 +100,10 @@ def main(argv=None) -> int:
               f"{poly} | {r['max_diff_vs_onednn']['native']:.1e} |")
     if args.model_repeat:
         result["drsformer"] = m = bench_model(args.model_repeat)
-        print(f"\nDRSformer 1x3x128x128: oneDNN {m['median_s']['onednn']:.3f} s, native allowed "
+        print(f"\nDRSformer 1x3x128x128: without native {m['median_s']['off']:.3f} s, with "
               f"{m['median_s']['native']:.3f} s ({m['speedup']:.2f}x; native chosen for {m['native_chosen']} "
-              f"of {m['depthwise_shapes']} depthwise shapes)")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"written {out}")
+              f"of {m['shapes']} depthwise shapes)")
+    write_json(args.out, result)
     return 0
 
 

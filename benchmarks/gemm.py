@@ -4,8 +4,8 @@ in-process A/B runs of paper-size models with and without the native GEMM.
 
 Per shape ``(M rows, K in, N out)``: the median time of ``--repeat`` calls of each kernel (same
 process, kernels interleaved call by call), GFLOP/s (2 M K N) and the max |diff| against MKL. Per
-model (``--models``, keys of ``benchmarks/models.py``): our forward with the native GEMM allowed vs
-not (core's per-shape kernel choice otherwise unchanged; each mode keeps its own choices),
+model (``--models``, keys of ``benchmarks/models.py``): our forward with the native kernels allowed vs
+suspended (core's per-shape kernel choice otherwise unchanged; each mode keeps its own choices),
 alternating, ``--model-repeat`` pairs.
 
 Usage::
@@ -18,18 +18,15 @@ Writes ``--out`` (default ``benchmarks/results/gemm.json``) and prints markdown 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from native_ab import host, interleaved, native_ab, write_json
 from vitsuite.core import native
-import vitsuite.core.layers.fast as fast
 
 # (rows, in, out, where)
 SHAPES = [
@@ -60,14 +57,7 @@ def bench_shapes(repeat: int) -> list[dict]:
                "native": lambda: native.linear_packed(x, packed, N, b)}
         ref = fns["mkl"]()
         diffs = {name: float((fn() - ref).abs().max()) for name, fn in fns.items()}
-        for fn in fns.values():
-            fn(), fn()
-        times = {name: [] for name in fns}
-        for _ in range(repeat):
-            for name, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
+        times = interleaved(fns, repeat)
         flops = 2 * M * K * N
         rows.append({"shape": [M, K, N], "where": where,
                      "ms": {n: 1e3 * statistics.median(t) for n, t in times.items()},
@@ -77,42 +67,18 @@ def bench_shapes(repeat: int) -> list[dict]:
 
 
 def bench_models(keys: list[str], pairs: int) -> list[dict]:
-    """Our paper-size models, native GEMM allowed vs not, alternating in one process."""
+    """Our paper-size models, native kernels allowed vs suspended, alternating in one process."""
     sys.path.insert(0, str(Path(__file__).parent))
     import models as paper  # benchmarks/models.py: the paper-size configurations and inputs
     from vitsuite.models import build_model
 
     out = []
-    packed_fn, saved_choice = fast._native_packed, fast._CHOICE
     for key in keys:
         pm = paper.select(key)[0]
         torch.manual_seed(0)
         model = build_model(pm.ours, **pm.ours_overrides).eval()
         inputs, extra = pm.make_inputs(torch.Generator().manual_seed(1))
-        choices = {"native": {}, "off": {}}
-
-        def mode(name):
-            fast._native_packed = packed_fn if name == "native" else (lambda weight: None)
-            fast._CHOICE = choices[name]
-
-        times = {name: [] for name in choices}
-        try:
-            with torch.inference_mode():
-                for name in choices:
-                    mode(name)
-                    model(*inputs, **pm.call_kwargs, **extra), model(*inputs, **pm.call_kwargs, **extra)
-                for _ in range(pairs):
-                    for name in choices:
-                        mode(name)
-                        t0 = time.perf_counter()
-                        model(*inputs, **pm.call_kwargs, **extra)
-                        times[name].append(time.perf_counter() - t0)
-        finally:
-            fast._native_packed, fast._CHOICE = packed_fn, saved_choice
-        picked = [v for k, v in choices["native"].items() if str(k[0]).startswith("linear")]
-        med = {name: statistics.median(t) for name, t in times.items()}
-        out.append({"model": key, "seconds": times, "median_s": med, "speedup": med["off"] / med["native"],
-                    "linear_shapes": len(picked), "native_chosen": picked.count("native")})
+        out.append({"model": key, **native_ab(lambda: model(*inputs, **pm.call_kwargs, **extra), pairs, "linear")})
         del model
     return out
 
@@ -131,9 +97,7 @@ def main(argv=None) -> int:
         return 1
     with torch.inference_mode():
         rows = bench_shapes(args.repeat)
-    result = {"host": {"cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                       "torch": torch.__version__, "capability": torch.backends.cpu.get_cpu_capability()},
-              "shapes": rows}
+    result = {"host": host(args.threads), "shapes": rows}
     print("| M, K, N | where | MKL GFLOP/s | oneDNN GFLOP/s | native GFLOP/s | native / MKL | native max diff |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
@@ -146,11 +110,8 @@ def main(argv=None) -> int:
         print("| --- | ---: | ---: | ---: | ---: |")
         for m in ms:
             print(f"| {m['model']} | {m['median_s']['off']:.4f} | {m['median_s']['native']:.4f} | {m['speedup']:.2f}x | "
-                  f"{m['native_chosen']} of {m['linear_shapes']} linear shapes |")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"written {out}")
+                  f"{m['native_chosen']} of {m['shapes']} linear shapes |")
+    write_json(args.out, result)
     return 0
 
 

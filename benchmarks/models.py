@@ -300,14 +300,6 @@ def _native_depthwise_flop(*args, out_val=None, **kwargs) -> int:
 _native_depthwise_flop._get_raw = True
 
 
-def _native_linear_flop(*args, out_val=None, **kwargs) -> int:
-    """vitsuite's native GEMM (``vitsuite_native.linear_packed``): 2 * out elements * K."""
-    return 2 * out_val.numel() * args[0].shape[-1]
-
-
-_native_linear_flop._get_raw = True
-
-
 def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
     """Forward FLOPs of ``fn()`` (FlopCounterMode: matmuls, convolutions, attention).
 
@@ -330,7 +322,7 @@ def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
 
     if native.available():
         custom[torch.ops.vitsuite_native.depthwise_nhwc] = _native_depthwise_flop
-        custom[torch.ops.vitsuite_native.linear_packed] = _native_linear_flop
+        custom[torch.ops.vitsuite_native.linear_packed] = _linear_pointwise_flop  # same formula
     flags = [(p, p.requires_grad) for p in module.parameters()]
     try:
         for p, _ in flags:

@@ -191,3 +191,19 @@ def test_fast_linear_native_candidate(built, monkeypatch, act):
                                    F.linear(x, other.weight, other.bias), rtol=1e-5, atol=1e-5)
         (key, chosen), = fast_path._CHOICE.items()
         assert chosen in ("mkl", "native")
+
+
+def test_suspended_takes_pytorch_kernels_and_nests(built):
+    lin = torch.nn.Linear(24, 40)
+    with native.suspended():
+        assert not native.available() and native.why_unavailable() == "suspended"
+        with native.suspended():
+            assert not native.available()
+        assert not native.available()
+        assert fast_path._native_packed(lin.weight) is None
+        x = torch.randn(1, 16, 6, 6).contiguous(memory_format=torch.channels_last)
+        assert not fast_path._native_depthwise_ok(x, torch.ones(16, 1, 3, 3), None)
+        with pytest.raises(RuntimeError, match="unavailable: suspended"):
+            native.pack_linear_weight(lin.weight.detach())
+    assert native.available() and native.why_unavailable() == ""
+    assert fast_path._native_packed(lin.weight) is not None

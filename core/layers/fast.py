@@ -111,6 +111,17 @@ PACK_MAX_ROWS = 512  # pack weights used with at most this many rows (tokens) pe
 PACK_MAX_BYTES = 4 << 20
 
 
+def _per_weight(store: WeakIdKeyDictionary, weight: Tensor, make: Callable[[], Optional[Tensor]]) -> Optional[Tensor]:
+    """``make()`` cached in ``store`` for ``weight`` while it is unchanged (:func:`tensor_key`). The entry
+    pins the weight's storage (:func:`keep_alive`): after ``.to()`` / ``.data =`` a new storage could
+    otherwise reuse its address with the same version counter and pass for the old weights."""
+    key = tensor_key(weight)
+    hit = store.get(weight)
+    if hit is None or hit[0] != key:
+        hit = store[weight] = (key, keep_alive(weight), make())
+    return hit[2]
+
+
 def _maybe_packed(x: Tensor, weight: Tensor) -> Tensor:
     """``weight`` in oneDNN's blocked layout when it pays, else ``weight`` itself (made contiguous: oneDNN
     takes a row-strided weight view, e.g. a slice of a stacked tensor, through a path ~100x slower).
@@ -123,15 +134,8 @@ def _maybe_packed(x: Tensor, weight: Tensor) -> Tensor:
     if (not isinstance(weight, nn.Parameter) or x.numel() > PACK_MAX_ROWS * weight.shape[1]
             or weight.numel() * weight.element_size() > PACK_MAX_BYTES):
         return weight.contiguous()
-    key = tensor_key(weight)
-    hit = _PACKED.get(weight)
-    if hit is None or hit[0] != key:
-        # keep_alive pins the packed storage: after `.to()` / `.data =` a new storage could otherwise
-        # reuse its address with the same version counter and pass for the old weights
-        hit = (key, keep_alive(weight),
-               torch.ops.mkldnn._reorder_linear_weight(weight.detach(), max(1, x.numel() // weight.shape[1])))
-        _PACKED[weight] = hit
-    return hit[2]
+    return _per_weight(_PACKED, weight, lambda: torch.ops.mkldnn._reorder_linear_weight(
+        weight.detach(), max(1, x.numel() // weight.shape[1])))
 
 
 # Weights packed for the native GEMM (vitsuite.core.native.linear_packed), reused while unchanged. The
@@ -144,23 +148,24 @@ def _native_packed(weight: Tensor) -> Optional[Tensor]:
     """``weight (N, K)`` packed for :func:`vitsuite.core.native.linear_packed`, cached per Parameter; None
     when the native GEMM does not apply (not an ``nn.Parameter``, not float32, the packed total would
     exceed ``VITSUITE_NATIVE_PACK_MB``, or the native kernels are unavailable)."""
-    if not isinstance(weight, nn.Parameter) or weight.dim() != 2 or weight.dtype != torch.float32:
+    if (not isinstance(weight, nn.Parameter) or weight.dim() != 2 or weight.dtype != torch.float32
+            or not native.available()):
         return None
-    key = tensor_key(weight)
-    hit = _NATIVE_LINEAR.get(weight)
-    if hit is not None and hit[0] == key:
-        return hit[2]
-    if not native.available():
-        return None
-    if hit is None or hit[2] is None:  # new, or refused before: (re)check the budget
+
+    def make() -> Optional[Tensor]:  # None (a refusal, remembered until the weight changes) over budget
         size = -(-weight.shape[0] // 16) * 16 * weight.shape[1] * 4
-        packed_total = sum(v[2].numel() * 4 for v in _NATIVE_LINEAR.values() if v[2] is not None)
-        if size + packed_total > NATIVE_PACK_MAX_BYTES:
-            _NATIVE_LINEAR[weight] = (key, (), None)  # refused: remembered, not re-counted every call
-            return None
-    hit = (key, keep_alive(weight), native.pack_linear_weight(weight.detach()))
-    _NATIVE_LINEAR[weight] = hit
-    return hit[2]
+        others = sum(v[2].numel() * 4 for w, v in _NATIVE_LINEAR.items() if w is not weight and v[2] is not None)
+        return native.pack_linear_weight(weight.detach()) if size + others <= NATIVE_PACK_MAX_BYTES else None
+
+    return _per_weight(_NATIVE_LINEAR, weight, make)
+
+
+def _native_candidate(weight: Tensor, bias: Optional[Tensor]) -> Optional[Tensor]:
+    """The packed weight when the native GEMM is a candidate for this call: float32 bias (or none), and
+    the kernel not pinned to another one (``VITSUITE_LINEAR_KERNEL``: no pack for a kernel never run)."""
+    if LINEAR_KERNEL not in ("auto", "native") or (bias is not None and bias.dtype != torch.float32):
+        return None
+    return _native_packed(weight)
 
 
 def _native_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], packed: Tensor) -> Tensor:
@@ -269,7 +274,7 @@ def polyphase_depthwise_conv2d(x: Tensor, weight: Tensor, padding: tuple[int, in
     return y[:, :Ho, :Wo].permute(0, 3, 1, 2)
 
 
-_NATIVE_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # (C, 1, kh, kw) weight -> (tensor_key, (kh, kw, C))
+_NATIVE_WEIGHTS: WeakIdKeyDictionary = WeakIdKeyDictionary()  # (C, 1, kh, kw) weight -> (key, pin, (kh, kw, C))
 
 
 def _native_weight(weight: Tensor) -> Tensor:
@@ -278,11 +283,7 @@ def _native_weight(weight: Tensor) -> Tensor:
     a few microseconds)."""
     if weight.is_inference():
         return weight[:, 0].permute(1, 2, 0).contiguous()
-    key = tensor_key(weight)
-    hit = _NATIVE_WEIGHTS.get(weight)
-    if hit is None or hit[0] != key:
-        hit = _NATIVE_WEIGHTS[weight] = (key, weight[:, 0].permute(1, 2, 0).contiguous())
-    return hit[1]
+    return _per_weight(_NATIVE_WEIGHTS, weight, lambda: weight[:, 0].permute(1, 2, 0).contiguous())
 
 
 def _native_depthwise_ok(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
@@ -312,8 +313,7 @@ def depthwise_conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding:
         return F.relu(y) if relu else y
 
     def direct() -> Tensor:
-        y = F.conv2d(x, weight, bias, 1, padding, dilation, C)
-        return y.relu_() if relu else y
+        return _relu_(F.conv2d(x, weight, bias, 1, padding, dilation, C), relu)
 
     candidates = {"direct": direct}
     if dilation > 1:
@@ -356,7 +356,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
         candidates = {"onednn": onednn, "mkl": mkl}
         if act != "none":
             candidates["onednn_unfused"] = onednn_unfused
-        packed = _native_packed(weight) if (bias is None or bias.dtype == torch.float32) else None
+        packed = _native_candidate(weight, bias)
         if packed is not None:
             candidates["native"] = lambda: _apply_act_(_native_linear(x, weight, bias, packed), act, slope)
         k = weight.shape[-1]
@@ -385,7 +385,7 @@ def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor],
             return F.linear(x, weight, bias).add_(other2)
 
         candidates = {"onednn": onednn, "mkl": mkl}
-        packed = _native_packed(weight) if (bias is None or bias.dtype == torch.float32) else None
+        packed = _native_candidate(weight, bias)
         if packed is not None:
             candidates["native"] = lambda: _native_linear(x, weight, bias, packed).add_(other2)
         k = weight.shape[-1]

@@ -17,6 +17,7 @@ PyTorch's kernels, which compute the same function. Callers time it against thos
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -27,11 +28,12 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["available", "depthwise_nhwc", "linear_packed", "pack_linear_weight", "why_unavailable"]
+__all__ = ["available", "depthwise_nhwc", "linear_packed", "pack_linear_weight", "suspended", "why_unavailable"]
 
 _SOURCES = [Path(__file__).with_name(name) for name in ("depthwise_nhwc.cpp", "linear_packed.cpp")]
 _LOG = logging.getLogger(__name__)
 _STATE: dict[str, object] = {}  # "ok": bool, "why": str
+_SUSPENDED = [0]  # depth of suspended() contexts
 
 
 def _cpu_supported() -> bool:
@@ -66,7 +68,10 @@ def _build() -> None:
 
 
 def available() -> bool:
-    """Whether the native operators are built and loaded (builds them on the first call)."""
+    """Whether the native operators are built and loaded (builds them on the first call) and not
+    :func:`suspended`."""
+    if _SUSPENDED[0]:
+        return False
     if "ok" not in _STATE:
         why = ""
         if os.environ.get("VITSUITE_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
@@ -85,10 +90,28 @@ def available() -> bool:
     return bool(_STATE["ok"])
 
 
+@contextlib.contextmanager
+def suspended():
+    """Within this context :func:`available` is False, so callers take PyTorch's kernels (A/B
+    comparisons; the built operators stay loaded)."""
+    _SUSPENDED[0] += 1
+    try:
+        yield
+    finally:
+        _SUSPENDED[0] -= 1
+
+
+def _require() -> None:
+    """Raise a one-line RuntimeError with the reason when the native operators cannot run."""
+    if not available():
+        raise RuntimeError(f"vitsuite native kernels unavailable: {why_unavailable()}")
+
+
 def why_unavailable() -> str:
     """The reason :func:`available` is False ('' when it is True)."""
-    available()
-    return str(_STATE["why"])
+    if available():
+        return ""
+    return "suspended" if _SUSPENDED[0] else str(_STATE["why"])
 
 
 def depthwise_nhwc(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: tuple[int, int],
@@ -103,8 +126,7 @@ def depthwise_nhwc(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: t
         (B, Ho, Wo, C) with Ho = H + 2 rows - dilation (kh - 1) (likewise Wo); ReLU applied when ``relu``.
     Raises RuntimeError (with the reason) when the native kernels are unavailable here.
     """
-    if not _STATE.get("ok") and not available():
-        raise RuntimeError(f"vitsuite native kernels unavailable: {_STATE['why']}")
+    _require()
     return torch.ops.vitsuite_native.depthwise_nhwc(x, weight, bias, int(padding[0]), int(padding[1]),
                                                     int(dilation), bool(relu))
 
@@ -113,14 +135,12 @@ def pack_linear_weight(weight: Tensor) -> Tensor:
     """``weight (N, K)`` float32 -> the layout :func:`linear_packed` reads: ``(ceil(N / 16), K, 16)``
     panels of 16 output columns, zero-padded. Pack once per weight (it costs a copy of the weight).
     Raises RuntimeError (with the reason) when the native kernels are unavailable here."""
-    if not _STATE.get("ok") and not available():
-        raise RuntimeError(f"vitsuite native kernels unavailable: {_STATE['why']}")
+    _require()
     return torch.ops.vitsuite_native.pack_linear_weight(weight)
 
 
 def linear_packed(x: Tensor, packed: Tensor, n: int, bias: Optional[Tensor] = None) -> Tensor:
     """``x @ W^T + bias`` for ``x (M, K)`` contiguous float32, ``packed = pack_linear_weight(W)``, ``W (n, K)``
     -> ``(M, n)``. Raises RuntimeError (with the reason) when the native kernels are unavailable here."""
-    if not _STATE.get("ok") and not available():
-        raise RuntimeError(f"vitsuite native kernels unavailable: {_STATE['why']}")
+    _require()
     return torch.ops.vitsuite_native.linear_packed(x, packed, int(n), bias)
