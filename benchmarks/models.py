@@ -300,13 +300,19 @@ def _native_depthwise_flop(*args, out_val=None, **kwargs) -> int:
 _native_depthwise_flop._get_raw = True
 
 
+def _native_attention_flop(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    """vitsuite's native attention (``vitsuite_native.attention``, q / k / v as SDPA's (B, H, N, D)): SDPA's
+    count."""
+    return _sdpa_cpu_flop(q_shape, k_shape, v_shape)
+
+
 def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
     """Forward FLOPs of ``fn()`` (FlopCounterMode: matmuls, convolutions, attention).
 
     torch's registry has no formula for the CPU flash-attention kernel that
     ``F.scaled_dot_product_attention`` dispatches to on CPU, nor for the oneDNN fused linear
     ``torch.ops.mkldnn._linear_pointwise`` (which some of our layers call directly), nor for our native
-    depthwise convolution and GEMM, so they are added here (attention: same formula as the CUDA kernels,
+    depthwise convolution, GEMM and attention, so they are added here (attention: same formula as the CUDA kernels,
     4 * B * H * Lq * Lk * D); without them those ops would count as free.
     ``module``'s parameters are frozen while counting: the counter's module tracker would otherwise
     try to hook the backward of parameters passed as submodule inputs, which fails without autograd.
@@ -323,6 +329,7 @@ def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
     if native.available():
         custom[torch.ops.vitsuite_native.depthwise_nhwc] = _native_depthwise_flop
         custom[torch.ops.vitsuite_native.linear_packed] = _linear_pointwise_flop  # same formula
+        custom[torch.ops.vitsuite_native.attention] = _native_attention_flop
     flags = [(p, p.requires_grad) for p in module.parameters()]
     try:
         for p, _ in flags:

@@ -207,3 +207,92 @@ def test_suspended_takes_pytorch_kernels_and_nests(built):
             native.pack_linear_weight(lin.weight.detach())
     assert native.available() and native.why_unavailable() == ""
     assert fast_path._native_packed(lin.weight) is not None
+
+
+def _sdpa(q, k, v, mask, scale):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+
+
+@pytest.mark.parametrize("nq, nk", [(1, 1), (5, 16), (37, 50), (97, 33), (49, 130)])  # row / key tails
+@pytest.mark.parametrize("d, dv", [(64, 64), (30, 30), (7, 20), (32, 17)])
+@pytest.mark.parametrize("mask", [None, "per_head", "per_window", "full"])
+def test_attention_matches_sdpa(built, nq, nk, d, dv, mask):
+    """q / k / v as strided views of packed projections (the models' layout), two images of three heads;
+    additive masks broadcast over images or heads or full; output token-major (B, N, heads, Dv)."""
+    g = torch.Generator().manual_seed(nq * 1000 + nk * 10 + d + dv)
+    B, H = 2, 3
+    q = torch.randn(B, nq, H, d + 3, generator=g)[..., 1:d + 1].transpose(1, 2)   # strided rows, offset start
+    kv = torch.randn(B, nk, 2, H, max(d, dv), generator=g).permute(2, 0, 3, 1, 4)
+    k, v = kv[0, ..., :d], kv[1, ..., :dv]
+    shape = {None: None, "per_head": (1, H, nq, nk), "per_window": (B, 1, nq, nk), "full": (B, H, nq, nk)}[mask]
+    m = None if shape is None else torch.randn(shape, generator=g) * 3 - 50 * (torch.rand(shape, generator=g) < 0.2)
+    scale = 0.3
+    got = native.attention(q, k, v, scale, m)
+    assert got.shape == (B, nq, H, dv) and got.is_contiguous()
+    torch.testing.assert_close(got.transpose(1, 2), _sdpa(q, k, v, m, scale), rtol=1e-5, atol=2e-6)
+
+
+def test_attention_large_logits_and_checks(built):
+    """Scores far from 0 (the max is subtracted before exp) and one-line errors for bad inputs."""
+    q, k, v = torch.randn(1, 2, 20, 8) * 30, torch.randn(1, 2, 40, 8) * 30, torch.randn(1, 2, 40, 8)
+    torch.testing.assert_close(native.attention(q, k, v, 1.0).transpose(1, 2), _sdpa(q, k, v, None, 1.0),
+                               rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="do not match"):
+        native.attention(q, k[:, :1], v, 1.0)
+    with pytest.raises(RuntimeError, match="contiguous last dimension"):
+        native.attention(q.transpose(-1, -2), k, v, 1.0)
+    with pytest.raises(RuntimeError, match="float32"):
+        native.attention(q.double(), k.double(), v.double(), 1.0)
+    assert native.attention(q[:, :, :0], k, v, 1.0).shape == (1, 0, 2, 8)
+
+
+def test_core_attention_offers_native_only_where_it_applies(built, monkeypatch):
+    """core's attention() times the native kernel against PyTorch's path in CPU fp32 inference with no /
+    additive masks; bool masks, dropout and autograd keep PyTorch's; results agree either way."""
+    import importlib
+
+    attn_mod = importlib.import_module("vitsuite.core.layers.attention")
+
+    monkeypatch.setattr(fast_path, "_CHOICE", {})
+    q, k, v = (torch.randn(2, 4, 70, 16) for _ in range(3))
+    bias = torch.randn(4, 70, 70)
+    want = _sdpa(q, k, v, bias, None)
+    with torch.inference_mode():
+        got = attn_mod.attention(q, k, v, bias=bias)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        (key, chosen), = fast_path._CHOICE.items()
+        assert key[0] == "attention" and chosen in ("pytorch", "native")
+        monkeypatch.setitem(fast_path._CHOICE, key, "native")  # the chosen-native path, whatever was timed
+        got = attn_mod.attention(q, k, v, bias=bias)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        assert got.transpose(1, 2).is_contiguous()  # the transpose back to tokens is free
+        bool_mask = torch.rand(70, 70) > 0.3
+        attn_mod.attention(q, k, v, bias=bias, mask=bool_mask)
+        attn_mod.attention(q, k, v, dropout_p=0.5)
+    assert len(fast_path._CHOICE) == 1  # neither of the last two was offered the native kernel
+    q.requires_grad_(True)
+    attn_mod.attention(q, k, v).sum().backward()  # autograd: PyTorch's path
+    assert q.grad is not None and len(fast_path._CHOICE) == 1
+
+
+@pytest.mark.parametrize("act", ["none", "gelu", "leaky_relu"])
+@pytest.mark.parametrize("M, K, N", [(1, 8, 16), (37, 300, 40), (73, 512, 17)])  # tails, two K blocks
+def test_linear_packed_epilogue(built, act, M, K, N):
+    """Activation and residual add fused into the last K block's epilogue: act(x W^T + b) + residual, a
+    residual with strided rows included; the GELU is the exact (erf) one."""
+    g = torch.Generator().manual_seed(M + K + N)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g) / K ** 0.5, torch.randn(N, generator=g)
+    res = torch.randn(M, N + 5, generator=g)[:, 2:N + 2]
+    f = {"none": lambda y: y, "gelu": F.gelu, "leaky_relu": lambda y: F.leaky_relu(y, 0.2)}[act]
+    packed = native.pack_linear_weight(w)
+    for r in (None, res):
+        got = native.linear_packed(x, packed, N, b, r, act, 0.2)
+        want = f(F.linear(x, w, b)) + (0 if r is None else r)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    t = torch.linspace(-9, 9, 4001)[:, None]
+    torch.testing.assert_close(native.linear_packed(t, native.pack_linear_weight(torch.ones(1, 1)), 1, act="gelu"),
+                               F.gelu(t.double()).float(), rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="act must be one of"):
+        native.linear_packed(x, packed, N, act="relu")
+    with pytest.raises(RuntimeError, match="residual must be"):
+        native.linear_packed(x, packed, N, residual=torch.randn(M + 1, N))

@@ -31,3 +31,17 @@ def test_public_namespaces_import():
 
     assert vitsuite.models.list_models is vitsuite.core.registry.list_models
     assert callable(vitsuite.models.from_official) and callable(vitsuite.models.load_official_checkpoint)
+
+
+def test_native_sources_are_package_data():
+    """A non-editable install must ship every file the native build reads (sources and headers)."""
+    import fnmatch
+
+    from vitsuite.core import native
+
+    cfg = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = cfg["package-data"]["vitsuite.core.native"]
+    needed = [p.name for p in native._SOURCES + native._HEADERS]
+    on_disk = {p.name for p in (REPO_ROOT / "core" / "native").iterdir() if p.suffix in (".cpp", ".h")}
+    assert set(needed) == on_disk, "a native source on disk is not built (or a listed one is missing)"
+    assert all(any(fnmatch.fnmatch(n, pat) for pat in patterns) for n in needed)

@@ -14,7 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .fast import fast_inference, linear, linear_add
+from vitsuite.core import native
+
+from .fast import choose_kernel, fast_inference, linear, linear_add
 
 __all__ = [
     "attention",
@@ -74,9 +76,37 @@ def attention(
         ``(..., Nq, Dv)`` = ``softmax(q k^T * scale + bias + mask) v``.
     """
     attn_mask = _combine_masks(bias, mask, q.dtype)
+    scale_value = q.shape[-1] ** -0.5 if scale is None else scale
     if _short_keys(q, k, attn_mask, dropout_p):
-        return _explicit_attention(q, k, v, attn_mask, q.shape[-1] ** -0.5 if scale is None else scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+        def reference() -> Tensor:
+            return _explicit_attention(q, k, v, attn_mask, scale_value)
+    else:
+        def reference() -> Tensor:
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    # (a bool ``mask`` may forbid whole rows: SDPA's semantics then, not the kernel's)
+    if dropout_p == 0.0 and (mask is None or mask.dtype != torch.bool) and _native_attention_ok(q, k, v, attn_mask):
+        # timed per shape against the PyTorch path; the native output is (B, N, heads, Dv), returned as a
+        # (B, heads, N, Dv) view so the caller's transpose back to tokens is free
+        key = ("attention", tuple(q.shape), tuple(k.shape), tuple(v.shape), q.stride(), k.stride(), v.stride(),
+               None if attn_mask is None else (tuple(attn_mask.shape), attn_mask.stride()))
+        return choose_kernel(key, {"pytorch": reference, "native": lambda: native.attention(
+            q, k, v, scale_value, attn_mask).transpose(1, 2)})
+    return reference()
+
+
+def _native_attention_ok(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor]) -> bool:
+    """Whether :func:`vitsuite.core.native.attention` may take this call: CPU float32 inference
+    (:func:`~vitsuite.core.layers.fast.fast_inference`), 4-D q / k / v with a contiguous last dimension, at
+    most 4096 keys (the kernel keeps 48 rows of scores in cache), an additive float mask broadcastable
+    to ``(B, heads, Nq, Nk)`` whose -inf entries never cover a whole row (bool masks keep SDPA's semantics:
+    not taken)."""
+    if q.dim() != 4 or not fast_inference(q) or k.shape[-2] > 4096:
+        return False
+    if any(t.dtype != torch.float32 or t.stride(-1) != 1 for t in (q, k, v)):
+        return False
+    if attn_mask is not None and (attn_mask.dtype != torch.float32 or attn_mask.dim() > 4):
+        return False
+    return native.available()
 
 
 # CPU SDPA (the flash kernel) pays a fixed cost per (batch, head) block, so for short key sequences a

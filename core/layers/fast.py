@@ -168,10 +168,18 @@ def _native_candidate(weight: Tensor, bias: Optional[Tensor]) -> Optional[Tensor
     return _native_packed(weight)
 
 
-def _native_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], packed: Tensor) -> Tensor:
-    """``x (..., K) @ weight.T + bias`` through the native GEMM on ``packed`` -> ``(..., N)``."""
+def _native_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], packed: Tensor, act: str = "none",
+                   slope: float = 0.01, residual: Optional[Tensor] = None) -> Tensor:
+    """``act(x (..., K) @ weight.T + bias) + residual`` through the native GEMM on ``packed`` -> ``(..., N)``;
+    the activation and the add are fused into its epilogue (``residual``: same rows as ``x``, N columns;
+    a copy is avoided unless its rows are strided)."""
     N, K = weight.shape
-    y = native.linear_packed(x.reshape(-1, K).contiguous(), packed, N, bias)
+    res = None
+    if residual is not None:
+        res = residual.reshape(-1, N)
+        if res.stride(-1) != 1:
+            res = res.contiguous()
+    y = native.linear_packed(x.reshape(-1, K).contiguous(), packed, N, bias, res, act, slope)
     return y.view(*x.shape[:-1], N)
 
 
@@ -196,16 +204,21 @@ def _apply_act_(y: Tensor, act: str, slope: float) -> Tensor:
 
 
 def _time_candidates(candidates: dict[str, Callable[[], Tensor]]) -> tuple[str, Tensor]:
-    """Name of the fastest candidate (best of several interleaved timed calls after one warm call each,
-    which also builds packed weights / oneDNN primitives) and one output of it."""
+    """Name of the fastest candidate (best of interleaved timed calls after one warm call each, which also
+    builds packed weights / oneDNN primitives) and one output of it."""
     best: dict[str, float] = {name: float("inf") for name in candidates}
     outs: dict[str, Tensor] = {}
+    names = list(candidates)
     rounds, start = 0, time.perf_counter()
-    # at least 3 timed rounds; small matmuls get more (up to 20, ~10 ms of tuning) to outvote timer noise
-    while rounds < 4 or (rounds < 21 and time.perf_counter() - start < 0.01):
-        for name, fn in candidates.items():
+    # At least 7 timed rounds, small calls more (up to 20, ~20 ms of tuning): on a shared (virtual) machine
+    # a 1-4 ms matmul's time moves by 10-20 % between calls, more than the 3-12 % that separate the
+    # kernels; the best of 3 picked a slower kernel for 3 of 6 iTransformer shapes. The order rotates so
+    # that no kernel always runs right after another one's cache traffic.
+    while rounds < 8 or (rounds < 21 and time.perf_counter() - start < 0.02):
+        for i in range(len(names)):
+            name = names[(i + rounds) % len(names)]
             t0 = time.perf_counter()
-            outs[name] = fn()
+            outs[name] = candidates[name]()
             if rounds:
                 best[name] = min(best[name], time.perf_counter() - t0)
         rounds += 1
@@ -338,7 +351,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
     x: (..., K), weight: (N, K), bias: (N,) or None -> (..., N). With ``fast`` (see
     :func:`fast_inference`) the kernel is the fastest measured here of oneDNN with the activation fused,
     oneDNN then the activation, MKL's sgemm then the activation, and (``nn.Parameter`` weights) the
-    native GEMM on a once-packed weight then the activation (the same function).
+    native GEMM on a once-packed weight with the activation in its epilogue (the same function).
     """
     if fast:
         epilogue = {"gelu": ("gelu", [], "none"), "leaky_relu": ("leaky_relu", [slope], "")}.get(act, ("none", [], ""))
@@ -358,7 +371,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
             candidates["onednn_unfused"] = onednn_unfused
         packed = _native_candidate(weight, bias)
         if packed is not None:
-            candidates["native"] = lambda: _apply_act_(_native_linear(x, weight, bias, packed), act, slope)
+            candidates["native"] = lambda: _native_linear(x, weight, bias, packed, act, slope)
         k = weight.shape[-1]
         return _dispatch(("linear", act, x.numel() // k, k, weight.shape[0], bias is not None), candidates, weight)
     y = F.linear(x, weight, bias)
@@ -372,9 +385,9 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
 def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor], fast: bool = False) -> Tensor:
     """``other + x @ weight.T + bias``; x: (..., K), other: same number of rows, N columns -> (..., N).
 
-    With ``fast``: the fastest measured here of one oneDNN call with the add fused, and MKL's sgemm or
-    (``nn.Parameter`` weights) the native packed-weight GEMM followed by an in-place add (``other`` is
-    never written)."""
+    With ``fast``: the fastest measured here of one oneDNN call with the add fused, MKL's sgemm followed by
+    an in-place add, and (``nn.Parameter`` weights) the native packed-weight GEMM with the add in its
+    epilogue (``other`` is never written)."""
     if fast:
         other2 = other.reshape(x.shape[:-1] + other.shape[-1:])
 
@@ -387,7 +400,7 @@ def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor],
         candidates = {"onednn": onednn, "mkl": mkl}
         packed = _native_candidate(weight, bias)
         if packed is not None:
-            candidates["native"] = lambda: _native_linear(x, weight, bias, packed).add_(other2)
+            candidates["native"] = lambda: _native_linear(x, weight, bias, packed, residual=other2)
         k = weight.shape[-1]
         return _dispatch(("linear_add", x.numel() // k, k, weight.shape[0], bias is not None), candidates, weight)
     return other + F.linear(x, weight, bias)

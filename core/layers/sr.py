@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import attention
 from .fast import (derived, fast_inference, inplace_ok, keep_alive, linear, linear_add, pad_heads_in, pad_heads_out,
                    padded_head_dim, tensor_key)
 from .windows import _RelPosBiasMixin, to_2tuple
@@ -349,7 +350,7 @@ class SRWindowAttention(_RelPosBiasMixin, nn.Module):
         for start, n_win, kind in groups:
             part = qkv[start:start + n_win * N].view(n_win, N, 3, h, d)
             q, k, v = part.permute(2, 0, 3, 1, 4).unbind(0)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=masks[kind], dropout_p=drop, scale=self.scale)
+            o = attention(q, k, v, bias=masks[kind], dropout_p=drop, scale=self.scale)
             outs.append(o.transpose(1, 2).reshape(n_win * N, h * d))
         o = outs[0] if len(outs) == 1 else torch.cat(outs)
         o = o.index_select(0, scatter)                       # back to pixel order (rolled back)

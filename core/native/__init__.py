@@ -28,9 +28,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["available", "depthwise_nhwc", "linear_packed", "pack_linear_weight", "suspended", "why_unavailable"]
+__all__ = ["attention", "available", "depthwise_nhwc", "linear_packed", "pack_linear_weight", "suspended", "why_unavailable"]
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("depthwise_nhwc.cpp", "linear_packed.cpp")]
+_SOURCES = [Path(__file__).with_name(name) for name in ("attention.cpp", "depthwise_nhwc.cpp", "linear_packed.cpp")]
+_HEADERS = [Path(__file__).with_name("avx2.h")]  # included by the sources: part of the build's version
 _LOG = logging.getLogger(__name__)
 _STATE: dict[str, object] = {}  # "ok": bool, "why": str
 _SUSPENDED = [0]  # depth of suspended() contexts
@@ -56,7 +57,7 @@ def _build() -> None:
             warnings.simplefilter("ignore")
             from torch.utils import cpp_extension
 
-            digest = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES) + torch.__version__.encode())
+            digest = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS) + torch.__version__.encode())
             cpp_extension.load(
                 f"vitsuite_native_{digest.hexdigest()[:12]}", [str(p) for p in _SOURCES], is_python_module=False,
                 verbose=False,
@@ -139,8 +140,31 @@ def pack_linear_weight(weight: Tensor) -> Tensor:
     return torch.ops.vitsuite_native.pack_linear_weight(weight)
 
 
-def linear_packed(x: Tensor, packed: Tensor, n: int, bias: Optional[Tensor] = None) -> Tensor:
-    """``x @ W^T + bias`` for ``x (M, K)`` contiguous float32, ``packed = pack_linear_weight(W)``, ``W (n, K)``
-    -> ``(M, n)``. Raises RuntimeError (with the reason) when the native kernels are unavailable here."""
+_ACTS = {"none": 0, "gelu": 1, "leaky_relu": 2}
+
+
+def linear_packed(x: Tensor, packed: Tensor, n: int, bias: Optional[Tensor] = None, residual: Optional[Tensor] = None,
+                  act: str = "none", slope: float = 0.01) -> Tensor:
+    """``act(x @ W^T + bias) + residual`` for ``x (M, K)`` contiguous float32, ``packed =
+    pack_linear_weight(W)``, ``W (n, K)``, ``residual (M, n)`` (rows contiguous) or None, ``act`` one of
+    ``none`` / ``gelu`` (exact, erf to 1.5e-7) / ``leaky_relu`` (``slope``) -> ``(M, n)``; the activation
+    and the add run in the matmul's epilogue (the output is written once). Raises RuntimeError (with the
+    reason) when the native kernels are unavailable here."""
     _require()
-    return torch.ops.vitsuite_native.linear_packed(x, packed, int(n), bias)
+    if act not in _ACTS:
+        raise ValueError(f"linear_packed: act must be one of {sorted(_ACTS)}, got {act!r}")
+    return torch.ops.vitsuite_native.linear_packed(x, packed, int(n), bias, residual, _ACTS[act], float(slope))
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Optional[Tensor] = None) -> Tensor:
+    """``softmax(q k^T * scale + mask) v`` per head: ``q (B, H, Nq, D)``, ``k (B, H, Nk, D)``, ``v (B, H, Nk,
+    Dv)`` float32, any strides with the last dimension contiguous; ``mask`` additive, finite, broadcastable
+    to ``(B, H, Nq, Nk)`` -> ``(B, Nq, H, Dv)`` contiguous (the token-major layout the output projection
+    reads: ``.reshape(B, Nq, H * Dv)`` is a view). Raises RuntimeError (with the reason) when the native
+    kernels are unavailable here."""
+    _require()
+    if mask is not None:
+        mask = mask.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        if mask.stride(-1) != 1 and mask.shape[-1] > 1:
+            mask = mask.contiguous()
+    return torch.ops.vitsuite_native.attention(q, k, v, float(scale), mask)

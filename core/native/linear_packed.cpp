@@ -11,7 +11,10 @@
 //
 // Operators (namespace vitsuite_native):
 //   pack_linear_weight(w (N, K)) -> (ceil(N / 16), K, 16) panels, zero-padded columns
-//   linear_packed(x (M, K) contiguous, packed, n (= N), bias (N) or None) -> y (M, N)
+//   linear_packed(x (M, K) contiguous, packed, n (= N), bias (N) or None, residual (M, N) or None,
+//                 act, slope) -> y = act(x W^T + bias) + residual (M, N); act 0 none, 1 exact GELU, 2 leaky
+//                 ReLU (slope), applied with the residual add in the epilogue of the last K block, so
+//                 the output is written once.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -20,9 +23,12 @@
 #include <algorithm>
 #include <vector>
 
+#include "avx2.h"
+
 namespace {
 
-constexpr int kMR = 6, kNR = 16;  // register tile: rows of x x columns of y
+using vitsuite_vec::kMR;  // register tile: rows of x
+using vitsuite_vec::kNR;  // ... x columns of y
 constexpr int64_t kKC = 256;      // K block: a 16 x 256 weight panel (16 KB) stays in L1
 constexpr int64_t kMC = 72;       // rows per packed x block (72 x 256 floats = 72 KB, in L2)
 
@@ -43,38 +49,54 @@ void pack_rows(const float* x, float* ap, int64_t M, int64_t K, int64_t i0, int6
   }
 }
 
+enum Act { kNone = 0, kGelu = 1, kLeakyRelu = 2 };
+
+// What the last K block does to a finished tile: act, then + residual rows (stride ldr).
+struct Epilogue {
+  int act;
+  float slope;
+  const float* res;
+  int64_t ldr;
+};
+
+inline __m256 activate(__m256 v, const Epilogue& ep) {
+  if (ep.act == kGelu) return vitsuite_vec::gelu256(v);
+  if (ep.act == kLeakyRelu)
+    return _mm256_blendv_ps(_mm256_mul_ps(v, _mm256_set1_ps(ep.slope)), v, _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_GT_OQ));
+  return v;
+}
+
+inline float activate(float v, const Epilogue& ep) {
+  if (ep.act == kGelu) return vitsuite_vec::gelu(v);
+  if (ep.act == kLeakyRelu) return v > 0.f ? v : v * ep.slope;
+  return v;
+}
+
 // One 6 x 16 tile: acc = a_panel (kb x 6) x b_panel (kb x 16); y tile = (first ? bias : y tile) + acc,
-// for the mr x nr valid part.
+// for the mr x nr valid part; on the last K block (ep given) then activated and the residual added (res
+// points at the tile's first residual element).
 void tile(const float* a, const float* b, int64_t kb, float* y, int64_t ldy, int mr, int nr, bool first,
-          const float* bias) {
-  // 12 named accumulators (an indexed array was kept in memory by the compiler: 50 vs 170 GFLOP/s)
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
-         c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  for (int64_t k = 0; k < kb; ++k) {
-    const __m256 b0 = _mm256_loadu_ps(b + kNR * k), b1 = _mm256_loadu_ps(b + kNR * k + 8);
-    const float* ak = a + kMR * k;
-    __m256 av = _mm256_broadcast_ss(ak);
-    c00 = _mm256_fmadd_ps(av, b0, c00); c01 = _mm256_fmadd_ps(av, b1, c01);
-    av = _mm256_broadcast_ss(ak + 1);
-    c10 = _mm256_fmadd_ps(av, b0, c10); c11 = _mm256_fmadd_ps(av, b1, c11);
-    av = _mm256_broadcast_ss(ak + 2);
-    c20 = _mm256_fmadd_ps(av, b0, c20); c21 = _mm256_fmadd_ps(av, b1, c21);
-    av = _mm256_broadcast_ss(ak + 3);
-    c30 = _mm256_fmadd_ps(av, b0, c30); c31 = _mm256_fmadd_ps(av, b1, c31);
-    av = _mm256_broadcast_ss(ak + 4);
-    c40 = _mm256_fmadd_ps(av, b0, c40); c41 = _mm256_fmadd_ps(av, b1, c41);
-    av = _mm256_broadcast_ss(ak + 5);
-    c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
-  }
-  const __m256 c[kMR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+          const float* bias, const Epilogue* ep, const float* res) {
+  const float* rows[kMR] = {a, a + 1, a + 2, a + 3, a + 4, a + 5};  // the packed panel: row t at a[k * 6 + t]
+  const vitsuite_vec::Tile tl = vitsuite_vec::tile_6x16<kMR>(rows, b, kb);
+  const auto& c = tl.c;
   if (mr == kMR && nr == kNR) {
     __m256 base0 = _mm256_setzero_ps(), base1 = base0;
     if (first && bias) { base0 = _mm256_loadu_ps(bias); base1 = _mm256_loadu_ps(bias + 8); }
     for (int t = 0; t < kMR; ++t) {
       float* row = y + t * ldy;
       const __m256 p0 = first ? base0 : _mm256_loadu_ps(row), p1 = first ? base1 : _mm256_loadu_ps(row + 8);
-      _mm256_storeu_ps(row, _mm256_add_ps(c[t][0], p0));
-      _mm256_storeu_ps(row + 8, _mm256_add_ps(c[t][1], p1));
+      __m256 v0 = _mm256_add_ps(c[t][0], p0), v1 = _mm256_add_ps(c[t][1], p1);
+      if (ep) {
+        v0 = activate(v0, *ep);
+        v1 = activate(v1, *ep);
+        if (res) {
+          v0 = _mm256_add_ps(v0, _mm256_loadu_ps(res + t * ep->ldr));
+          v1 = _mm256_add_ps(v1, _mm256_loadu_ps(res + t * ep->ldr + 8));
+        }
+      }
+      _mm256_storeu_ps(row, v0);
+      _mm256_storeu_ps(row + 8, v1);
     }
     return;
   }
@@ -87,6 +109,7 @@ void tile(const float* a, const float* b, int64_t kb, float* y, int64_t ldy, int
     for (int j = 0; j < nr; ++j) {
       float& out = y[t * ldy + j];
       out = (first ? (bias ? bias[j] : 0.f) : out) + tmp[kNR * t + j];
+      if (ep) out = activate(out, *ep) + (res ? res[t * ep->ldr + j] : 0.f);
     }
 }
 
@@ -110,7 +133,8 @@ at::Tensor pack_linear_weight(const at::Tensor& w) {
 }
 
 at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t n,
-                         const c10::optional<at::Tensor>& bias) {
+                         const c10::optional<at::Tensor>& bias, const c10::optional<at::Tensor>& residual,
+                         int64_t act, double slope) {
   TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kFloat && x.is_contiguous() && x.device().is_cpu(),
               "linear_packed: x must be a contiguous float32 CPU matrix (M, K)");
   TORCH_CHECK(packed.dim() == 3 && packed.scalar_type() == at::kFloat && packed.is_contiguous() &&
@@ -123,10 +147,25 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t 
     TORCH_CHECK(b.scalar_type() == at::kFloat && b.numel() == n, "linear_packed: bias must be (N,) float32");
     bptr = b.data_ptr<float>();
   }
+  TORCH_CHECK(act >= kNone && act <= kLeakyRelu, "linear_packed: act must be 0 (none), 1 (gelu) or 2 (leaky_relu)");
   const int64_t M = x.size(0), K = x.size(1), P = packed.size(0);
+  Epilogue ep{static_cast<int>(act), static_cast<float>(slope), nullptr, 0};
+  if (residual.has_value() && residual->defined()) {
+    const at::Tensor& r = *residual;
+    TORCH_CHECK(r.dim() == 2 && r.scalar_type() == at::kFloat && r.size(0) == M && r.size(1) == n &&
+                    (n == 1 || r.stride(1) == 1),
+                "linear_packed: residual must be a float32 (M, N) matrix with contiguous rows");
+    ep.res = r.data_ptr<float>();
+    ep.ldr = r.stride(0);
+  }
   auto y = at::empty({M, n}, x.options());
   if (M == 0) return y;
-  if (K == 0) return bptr ? b.expand({M, n}).contiguous() : y.zero_();
+  if (K == 0) {  // no product: the epilogue alone
+    y.copy_(bptr ? b.expand({M, n}) : at::zeros({M, n}, x.options()));
+    if (act == kGelu) y = at::gelu(y);
+    if (act == kLeakyRelu) y = at::leaky_relu(y, slope);
+    return ep.res ? y.add_(*residual) : y;
+  }
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
@@ -144,8 +183,10 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t 
           const int nr = static_cast<int>(std::min<int64_t>(kNR, n - p * kNR));
           for (int64_t r = 0; r < mb; r += kMR) {
             const int mr = static_cast<int>(std::min<int64_t>(kMR, mb - r));
+            const bool last = k0 + kb == K;
             tile(ap.data() + (r / kMR) * kb * kMR, bpanel, kb, yp + (i0 + r) * n + p * kNR, n, mr, nr, k0 == 0,
-                 bptr ? bptr + p * kNR : nullptr);
+                 bptr ? bptr + p * kNR : nullptr, last ? &ep : nullptr,
+                 last && ep.res ? ep.res + (i0 + r) * ep.ldr + p * kNR : nullptr);
           }
         }
       }
@@ -158,7 +199,8 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t 
 
 TORCH_LIBRARY_FRAGMENT(vitsuite_native, m) {
   m.def("pack_linear_weight(Tensor w) -> Tensor");
-  m.def("linear_packed(Tensor x, Tensor packed, int n, Tensor? bias) -> Tensor");
+  m.def("linear_packed(Tensor x, Tensor packed, int n, Tensor? bias, Tensor? residual=None, int act=0, "
+        "float slope=0.01) -> Tensor");
   m.impl("pack_linear_weight", c10::DispatchKey::CPU, &pack_linear_weight);
   m.impl("linear_packed", c10::DispatchKey::CPU, &linear_packed);
 }

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitsuite.core.layers.attention import ChannelAttention
+from vitsuite.core.layers.attention import ChannelAttention, attention
 from vitsuite.core.layers.blocks import DropPath, Mlp, init_vit_weights_
 from vitsuite.core.layers.fast import (
     derived,
@@ -224,8 +223,9 @@ class OCAB(nn.Module):
         # (B, nh, nw, 2hd, ow, ow) views of the overlapping windows -> (B*nW, ow*ow, 2, h, d)
         kv = kv.unfold(1, ow, ws).unfold(2, ow, ws).permute(0, 1, 2, 4, 5, 3).reshape(B * nh * nw, ow * ow, 2, h, d)
         k, v = kv.permute(2, 0, 3, 1, 4).unbind(0)
-        o = F.scaled_dot_product_attention(q, k, v, attn_mask=self.attention_bias(q.dtype), scale=self.scale)
-        o = o.view(B, nh, nw, h, ws, ws, d).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, H, W, hd)
+        o = attention(q, k, v, bias=self.attention_bias(q.dtype), scale=self.scale)   # (B nW, h, ws ws, d)
+        # token-major first: free when the native kernel ran (its output is (B nW, ws ws, h, d) in memory)
+        o = o.transpose(1, 2).reshape(B, nh, nw, ws, ws, hd).permute(0, 1, 3, 2, 4, 5).reshape(B, H, W, hd)
         if fast:
             t = linear_add(o, x, proj_w, self.proj.bias, fast=True)
         else:
