@@ -16,15 +16,13 @@ Writes ``--out`` (default ``benchmarks/results/depthwise.json``) and prints a ma
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from native_ab import host, interleaved, native_ab, write_json
+from native_ab import host, interleaved, native_ab, print_table, setup, write_json
 from vitsuite.core import native
 import vitsuite.core.layers.fast as fast
 
@@ -78,26 +76,18 @@ def bench_model(pairs: int) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=30)
-    ap.add_argument("--model-repeat", type=int, default=6, help="whole-model pairs; 0 skips the model")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "depthwise.json"))
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if not native.available():
-        print(f"native kernels unavailable: {native.why_unavailable()}", file=sys.stderr)
+    args = setup(__doc__.splitlines()[0], 30, "depthwise.json", argv, lambda ap: ap.add_argument(
+        "--model-repeat", type=int, default=6, help="whole-model pairs; 0 skips the model"))
+    if args is None:
         return 1
     with torch.inference_mode():
         rows = bench_shapes(args.repeat)
     result = {"host": host(args.threads), "shapes": rows}
-    print("| shape (C, H, W) | k | dil | oneDNN GFLOP/s | native GFLOP/s | polyphase GFLOP/s | native max diff |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        gf = r["gflops"]
-        poly = f"{gf['polyphase']:.1f}" if "polyphase" in gf else "–"
-        print(f"| {tuple(r['shape'])} | {r['kernel']} | {r['dilation']} | {gf['onednn']:.1f} | {gf['native']:.1f} | "
-              f"{poly} | {r['max_diff_vs_onednn']['native']:.1e} |")
+    print_table(["shape (C, H, W)", "k", "dil", "oneDNN GFLOP/s", "native GFLOP/s", "polyphase GFLOP/s", "native max diff"],
+                [[tuple(r["shape"]), r["kernel"], r["dilation"], f"{r['gflops']['onednn']:.1f}",
+                  f"{r['gflops']['native']:.1f}",
+                  f"{r['gflops']['polyphase']:.1f}" if "polyphase" in r["gflops"] else "–",
+                  f"{r['max_diff_vs_onednn']['native']:.1e}"] for r in rows], 1)
     if args.model_repeat:
         result["drsformer"] = m = bench_model(args.model_repeat)
         print(f"\nDRSformer 1x3x128x128: without native {m['median_s']['off']:.3f} s, with "

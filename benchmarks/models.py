@@ -686,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(format_table(rows, args.compile))
-    print(f"\nmatmul fp32 GFLOP/s per row: "
+    print("\nmatmul fp32 GFLOP/s per row: "
           + ", ".join(f"{r['key']}={r['matmul_gflops']:.0f}" for r in rows if "matmul_gflops" in r))
     print(f"written {args.out}")
     return 0

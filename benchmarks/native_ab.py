@@ -1,14 +1,16 @@
-"""Helpers shared by the native-kernel benchmarks (``depthwise.py``, ``gemm.py``): interleaved timing,
+"""Helpers shared by the native-kernel benchmarks (``attention.py``, ``depthwise.py``, ``gemm.py``): interleaved timing,
 a host description, and an in-process A/B of a model with the native kernels allowed vs suspended."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
+import sys
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
@@ -67,3 +69,29 @@ def write_json(path: str, result: dict[str, Any]) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
     print(f"written {out}")
+
+
+def setup(description: str, repeat: int, out_name: str, argv: Optional[Sequence[str]] = None,
+          add_args: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> Optional[argparse.Namespace]:
+    """The common command line (``--threads``, ``--repeat``, ``--out`` under ``benchmarks/results``, plus
+    ``add_args``), torch's thread count set; None (with the reason on stderr) without the native kernels."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=repeat)
+    if add_args is not None:
+        add_args(ap)
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / out_name))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if not native.available():
+        print(f"native kernels unavailable: {native.why_unavailable()}", file=sys.stderr)
+        return None
+    return args
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric_from: int) -> None:
+    """A markdown table; columns from ``numeric_from`` on are right-aligned."""
+    print("| " + " | ".join(header) + " |")
+    print("| " + " | ".join("---:" if i >= numeric_from else "---" for i in range(len(header))) + " |")
+    for row in rows:
+        print("| " + " | ".join(str(c) for c in row) + " |")

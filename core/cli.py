@@ -12,7 +12,6 @@ import argparse
 import os
 import platform
 import sys
-import traceback
 from typing import Callable, Sequence
 
 from .env import apply_offline_env

@@ -176,8 +176,14 @@ def test_fast_linear_native_candidate(built, monkeypatch, act):
         lin.weight.mul_(-1)  # in-place update: repacked
         torch.testing.assert_close(fast_path.linear(x, lin.weight, None, fast=True), F.linear(x, lin.weight),
                                    rtol=1e-5, atol=1e-5)
-        view = lin.weight.view(40, 24)  # not the Parameter: never packed
-        assert fast_path._native_packed(view) is None
+        part = lin.weight[:20]  # part of a Parameter: never packed
+        assert fast_path._native_packed(part) is None
+        conv = torch.nn.Conv2d(24, 40, 1)  # a 1x1 convolution's weight.flatten(1): its Parameter is packed
+        xc = torch.randn(2, 5, 7, 24)
+        torch.testing.assert_close(fast_path.linear(xc, conv.weight.flatten(1), conv.bias, act, slope=0.2, fast=True),
+                                   fast_path.linear(xc, conv.weight.flatten(1), conv.bias, act, slope=0.2),
+                                   rtol=1e-5, atol=1e-5)
+        assert conv.weight in fast_path._NATIVE_LINEAR
         other = torch.nn.Linear(24, 48)
         monkeypatch.setattr(fast_path, "NATIVE_PACK_MAX_BYTES", 0)
         assert fast_path._native_packed(other.weight) is None and fast_path._NATIVE_LINEAR[other.weight][2] is None
@@ -296,3 +302,14 @@ def test_linear_packed_epilogue(built, act, M, K, N):
         native.linear_packed(x, packed, N, act="relu")
     with pytest.raises(RuntimeError, match="residual must be"):
         native.linear_packed(x, packed, N, residual=torch.randn(M + 1, N))
+
+
+@pytest.mark.parametrize("M, K, N", [(1000, 48, 40), (433, 100, 17), (2000, 300, 64)])
+def test_linear_packed_row_split(built, M, K, N):
+    """Few output columns and many rows: threads split the rows (each packs only its own); same result,
+    with the epilogue."""
+    g = torch.Generator().manual_seed(M + K + N)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(N, K, generator=g) / K ** 0.5, torch.randn(N, generator=g)
+    res = torch.randn(M, N, generator=g)
+    got = native.linear_packed(x, native.pack_linear_weight(w), N, b, res, "gelu")
+    torch.testing.assert_close(got, F.gelu(F.linear(x, w, b)) + res, rtol=1e-5, atol=1e-5)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from vitsuite.core.imageio import read_image, write_image
 from vitsuite.pipelines.restoration.cli import build_parser

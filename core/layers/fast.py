@@ -144,20 +144,35 @@ _NATIVE_LINEAR: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (ten
 NATIVE_PACK_MAX_BYTES = int(float(os.environ.get("VITSUITE_NATIVE_PACK_MB", "2048")) * (1 << 20))
 
 
+def _parameter_of(weight: Tensor) -> Optional[nn.Parameter]:
+    """The ``nn.Parameter`` that ``weight`` is, or that it is a whole-tensor view of (a 1x1 convolution's
+    ``weight.flatten(1)``); None otherwise."""
+    if isinstance(weight, nn.Parameter):
+        return weight
+    base = weight._base
+    if (isinstance(base, nn.Parameter) and base.numel() == weight.numel() and base.data_ptr() == weight.data_ptr()
+            and base.is_contiguous() and weight.is_contiguous()):
+        return base
+    return None
+
+
 def _native_packed(weight: Tensor) -> Optional[Tensor]:
     """``weight (N, K)`` packed for :func:`vitsuite.core.native.linear_packed`, cached per Parameter; None
-    when the native GEMM does not apply (not an ``nn.Parameter``, not float32, the packed total would
-    exceed ``VITSUITE_NATIVE_PACK_MB``, or the native kernels are unavailable)."""
-    if (not isinstance(weight, nn.Parameter) or weight.dim() != 2 or weight.dtype != torch.float32
-            or not native.available()):
+    when the native GEMM does not apply (not an ``nn.Parameter`` or a whole view of one, not float32, the
+    packed total would exceed ``VITSUITE_NATIVE_PACK_MB``, or the native kernels are unavailable)."""
+    param = _parameter_of(weight)
+    if param is None or weight.dim() != 2 or weight.dtype != torch.float32 or not native.available():
         return None
 
     def make() -> Optional[Tensor]:  # None (a refusal, remembered until the weight changes) over budget
         size = -(-weight.shape[0] // 16) * 16 * weight.shape[1] * 4
-        others = sum(v[2].numel() * 4 for w, v in _NATIVE_LINEAR.items() if w is not weight and v[2] is not None)
+        others = sum(v[2].numel() * 4 for w, v in _NATIVE_LINEAR.items() if w is not param and v[2] is not None)
         return native.pack_linear_weight(weight.detach()) if size + others <= NATIVE_PACK_MAX_BYTES else None
 
-    return _per_weight(_NATIVE_LINEAR, weight, make)
+    packed = _per_weight(_NATIVE_LINEAR, param, make)
+    if packed is not None and packed.shape[1] != weight.shape[1]:  # another view's layout: not this one's
+        return None
+    return packed
 
 
 def _native_candidate(weight: Tensor, bias: Optional[Tensor]) -> Optional[Tensor]:

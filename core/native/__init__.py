@@ -1,10 +1,12 @@
 """Optional native CPU kernels, compiled on first use (C++ / AVX2, PyTorch's own build helper).
 
 :func:`depthwise_nhwc` is a channels-last depthwise convolution (``depthwise_nhwc.cpp``) that runs
-1.3-2x faster than oneDNN's channels-last depthwise kernel on AVX2 CPUs, and :func:`linear_packed` a
-float32 ``x @ W^T`` on a weight packed once by :func:`pack_linear_weight` (``linear_packed.cpp``),
-1.1-1.2x MKL's sgemm on the token matmuls of the ViT family (both measured on the AMD EPYC of
-``docs/models.md``). The extension is built once per source version with
+1.3-2x faster than oneDNN's channels-last depthwise kernel on AVX2 CPUs, :func:`linear_packed` a
+float32 ``act(x @ W^T + b) + residual`` on a weight packed once by :func:`pack_linear_weight`
+(``linear_packed.cpp``), 1.0-1.2x MKL's sgemm on the token matmuls of the ViT family with GELU / the
+residual add in its epilogue, and :func:`attention` multi-head ``softmax(q k^T s + mask) v``
+(``attention.cpp``), 1.2-1.4x PyTorch's CPU SDPA on the zoo's attention shapes (all measured on the AMD
+EPYC of ``docs/models.md``; shared register tile and vector math in ``avx2.h``). The extension is built once per source version with
 ``torch.utils.cpp_extension.load`` into PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``; ~15 s with a C++ compiler and ninja) and loaded with
 ``torch.ops.load_library``; no Python module is imported from it.

@@ -31,6 +31,7 @@ using vitsuite_vec::kMR;  // register tile: rows of x
 using vitsuite_vec::kNR;  // ... x columns of y
 constexpr int64_t kKC = 256;      // K block: a 16 x 256 weight panel (16 KB) stays in L1
 constexpr int64_t kMC = 72;       // rows per packed x block (72 x 256 floats = 72 KB, in L2)
+constexpr int64_t kPanelsPerThread = 16;  // fewer weight panels per thread: threads split the rows
 
 // x rows [i0, i0 + mb) and columns [k0, k0 + kb) -> 6-row panels, k-major: ap[panel][k][6] (zero rows
 // past M).
@@ -169,29 +170,51 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t 
   const float* xp = x.data_ptr<float>();
   const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // Threads split the output columns (weight panels): each streams its own weights, packs the rows of
-  // x it needs itself (M x K floats, small next to the product).
-  at::parallel_for(0, P, 1, [&](int64_t p_begin, int64_t p_end) {
-    std::vector<float> ap(((kMC + kMR - 1) / kMR) * kMR * kKC);
-    for (int64_t k0 = 0; k0 < K; k0 += kKC) {
-      const int64_t kb = std::min(kKC, K - k0);
-      for (int64_t i0 = 0; i0 < M; i0 += kMC) {
-        const int64_t mb = std::min(kMC, M - i0);
-        pack_rows(xp, ap.data(), M, K, i0, (mb + kMR - 1) / kMR * kMR, k0, kb);
-        for (int64_t p = p_begin; p < p_end; ++p) {
-          const float* bpanel = wp + (p * K + k0) * kNR;
-          const int nr = static_cast<int>(std::min<int64_t>(kNR, n - p * kNR));
-          for (int64_t r = 0; r < mb; r += kMR) {
-            const int mr = static_cast<int>(std::min<int64_t>(kMR, mb - r));
-            const bool last = k0 + kb == K;
-            tile(ap.data() + (r / kMR) * kb * kMR, bpanel, kb, yp + (i0 + r) * n + p * kNR, n, mr, nr, k0 == 0,
-                 bptr ? bptr + p * kNR : nullptr, last ? &ep : nullptr,
-                 last && ep.res ? ep.res + (i0 + r) * ep.ldr + p * kNR : nullptr);
-          }
-        }
+  // One 6-row-panelled block of x rows [i0, i0 + mb) x K block k0 against weight panels [p0, p1).
+  auto block = [&](float* ap, int64_t i0, int64_t mb, int64_t k0, int64_t kb, int64_t p0, int64_t p1) {
+    const bool last = k0 + kb == K;
+    for (int64_t p = p0; p < p1; ++p) {
+      const float* bpanel = wp + (p * K + k0) * kNR;
+      const int nr = static_cast<int>(std::min<int64_t>(kNR, n - p * kNR));
+      for (int64_t r = 0; r < mb; r += kMR) {
+        const int mr = static_cast<int>(std::min<int64_t>(kMR, mb - r));
+        tile(ap + (r / kMR) * kb * kMR, bpanel, kb, yp + (i0 + r) * n + p * kNR, n, mr, nr, k0 == 0,
+             bptr ? bptr + p * kNR : nullptr, last ? &ep : nullptr,
+             last && ep.res ? ep.res + (i0 + r) * ep.ldr + p * kNR : nullptr);
       }
     }
-  });
+  };
+  const int64_t blocks = (M + kMC - 1) / kMC;
+  if (P >= kPanelsPerThread * at::get_num_threads() || blocks < 2 * at::get_num_threads()) {
+    // Threads split the output columns (weight panels): each streams its own weights, packs the rows of
+    // x it needs itself (M x K floats, small next to its share of the product).
+    at::parallel_for(0, P, 1, [&](int64_t p_begin, int64_t p_end) {
+      std::vector<float> ap(((kMC + kMR - 1) / kMR) * kMR * kKC);
+      for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+        const int64_t kb = std::min(kKC, K - k0);
+        for (int64_t i0 = 0; i0 < M; i0 += kMC) {
+          const int64_t mb = std::min(kMC, M - i0);
+          pack_rows(xp, ap.data(), M, K, i0, (mb + kMR - 1) / kMR * kMR, k0, kb);
+          block(ap.data(), i0, mb, k0, kb, p_begin, p_end);
+        }
+      }
+    });
+  } else {
+    // Few output columns, many rows (1x1 convolutions over a feature map): packing all of x in every
+    // thread would cost as much as its share of the product, so threads split the rows instead and
+    // each reads all the (small) weight panels.
+    at::parallel_for(0, blocks, 1, [&](int64_t b_begin, int64_t b_end) {
+      std::vector<float> ap(((kMC + kMR - 1) / kMR) * kMR * kKC);
+      for (int64_t bi = b_begin; bi < b_end; ++bi) {
+        const int64_t i0 = bi * kMC, mb = std::min(kMC, M - i0);
+        for (int64_t k0 = 0; k0 < K; k0 += kKC) {
+          const int64_t kb = std::min(kKC, K - k0);
+          pack_rows(xp, ap.data(), M, K, i0, (mb + kMR - 1) / kMR * kMR, k0, kb);
+          block(ap.data(), i0, mb, k0, kb, 0, P);
+        }
+      }
+    });
+  }
   return y;
 }
 
