@@ -198,29 +198,47 @@ at::Tensor attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const float *qp = q.data_ptr<float>(), *kptr = k.data_ptr<float>(), *vptr = v.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const int64_t heads = g.B * g.H, per_head = g.kp_size() + g.vp_size();
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(heads, kChunkBytes / (4 * per_head)));
   const int64_t groups = (g.Nq + kRowsPerUnit - 1) / kRowsPerUnit;
+  // All query rows of one head: its packed k / v (~80 KB each for 325 keys x 64) stay in L2 from the
+  // packing to the last row group.
+  auto head_rows = [&](int64_t bh, float* kp, int64_t g0, int64_t g1, float* s) {
+    const int64_t bi = bh / g.H, hi = bh % g.H;
+    const float* qh = qp + bi * g.q_sb + hi * g.q_sh;
+    const float* mh = mp ? mp + bi * g.m_sb + hi * g.m_sh : nullptr;
+    for (int64_t gi = g0; gi < g1; ++gi) {
+      const int64_t r0 = gi * kRowsPerUnit, mr = std::min(kRowsPerUnit, g.Nq - r0);
+      rows_block(g, qh, kp, kp + g.kp_size(), mh, static_cast<float>(scale), r0, mr, s,
+                 op + ((bi * g.Nq + r0) * g.H + hi) * g.Dv);
+    }
+  };
+  auto pack = [&](int64_t bh, float* kp) {
+    const int64_t bi = bh / g.H, hi = bh % g.H;
+    pack_head(g, kptr + bi * g.k_sb + hi * g.k_sh, vptr + bi * g.v_sb + hi * g.v_sh, kp, kp + g.kp_size());
+  };
+  const int64_t threads = at::get_num_threads();
+  if (heads >= 2 * threads && (heads % threads == 0 || heads >= 8 * threads)) {
+    // Enough heads to share out evenly: each thread packs and finishes whole heads.
+    at::parallel_for(0, heads, 1, [&](int64_t a, int64_t b) {
+      std::vector<float> kp(per_head), s(kRowsPerUnit * g.Pk * kNR);
+      for (int64_t bh = a; bh < b; ++bh) {
+        pack(bh, kp.data());
+        head_rows(bh, kp.data(), 0, groups, s.data());
+      }
+    });
+    return out;
+  }
+  // Few heads: pack them all (in chunks of bounded size), then share out (head, row group) items.
+  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(heads, kChunkBytes / (4 * per_head)));
   std::vector<float> packed(chunk * per_head);
   for (int64_t h0 = 0; h0 < heads; h0 += chunk) {
     const int64_t hn = std::min(chunk, heads - h0);
     at::parallel_for(0, hn, 1, [&](int64_t a, int64_t b) {
-      for (int64_t i = a; i < b; ++i) {
-        const int64_t bh = h0 + i, bi = bh / g.H, hi = bh % g.H;
-        float* kp = packed.data() + i * per_head;
-        pack_head(g, kptr + bi * g.k_sb + hi * g.k_sh, vptr + bi * g.v_sb + hi * g.v_sh, kp, kp + g.kp_size());
-      }
+      for (int64_t i = a; i < b; ++i) pack(h0 + i, packed.data() + i * per_head);
     });
     at::parallel_for(0, hn * groups, 1, [&](int64_t a, int64_t b) {
       std::vector<float> s(kRowsPerUnit * g.Pk * kNR);
-      for (int64_t u = a; u < b; ++u) {
-        const int64_t i = u / groups, bh = h0 + i, bi = bh / g.H, hi = bh % g.H;
-        const float* kp = packed.data() + i * per_head;
-        const float* qh = qp + bi * g.q_sb + hi * g.q_sh;
-        const int64_t r0 = (u % groups) * kRowsPerUnit, mr = std::min(kRowsPerUnit, g.Nq - r0);
-        const float* mh = mp ? mp + bi * g.m_sb + hi * g.m_sh : nullptr;
-        rows_block(g, qh, kp, kp + g.kp_size(), mh, static_cast<float>(scale), r0, mr, s.data(),
-                   op + ((bi * g.Nq + r0) * g.H + hi) * g.Dv);
-      }
+      for (int64_t u = a; u < b; ++u)
+        head_rows(h0 + u / groups, packed.data() + (u / groups) * per_head, u % groups, u % groups + 1, s.data());
     });
   }
   return out;
