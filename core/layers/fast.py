@@ -264,8 +264,15 @@ def _dispatch(key: tuple, candidates: dict[str, Callable[[], Tensor]], weight: T
 def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
     """Run the candidate chosen for ``key`` - timed now on the first call of that key (see
     :func:`_time_candidates`), remembered for the process. Every candidate must compute the same
-    function and return a fresh tensor (each runs several times while timing). Inference only."""
+    function and return a fresh tensor (each runs several times while timing). Inference only.
+
+    Calls of one shape may offer different candidates (a weight that can be packed for the native GEMM
+    and one that cannot, e.g. under a dispatch mode such as the FLOP counter): when the stored choice is
+    not among them, that candidate set gets a choice of its own."""
     name = _CHOICE.get(key)
+    if name is not None and name not in candidates:
+        key = key + (tuple(sorted(candidates)),)
+        name = _CHOICE.get(key)
     if name is None:
         name, out = _time_candidates(candidates)
         _CHOICE[key] = name
