@@ -60,18 +60,7 @@ struct Geometry {
 };
 
 void pack_head(const Geometry& g, const float* k, const float* v, float* kp, float* vp) {
-  for (int64_t pk = 0; pk < g.Pk; ++pk) {
-    float* dst = kp + pk * g.D * kNR;
-    for (int j = 0; j < kNR; ++j) {
-      const int64_t key = pk * kNR + j;
-      if (key < g.Nk) {
-        const float* src = k + key * g.k_sn;
-        for (int64_t d = 0; d < g.D; ++d) dst[d * kNR + j] = src[d];
-      } else {
-        for (int64_t d = 0; d < g.D; ++d) dst[d * kNR + j] = 0.f;
-      }
-    }
-  }
+  for (int64_t pk = 0; pk < g.Pk; ++pk) vitsuite_vec::pack_panel(k, g.k_sn, g.Nk, g.D, pk, kp + pk * g.D * kNR);
   for (int64_t key = 0; key < g.Nk; ++key) {
     const float* src = v + key * g.v_sn;
     for (int64_t pv = 0; pv < g.Pv; ++pv) {

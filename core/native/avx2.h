@@ -44,6 +44,21 @@ inline Tile tile_6x16(const float* const a[kMR], const float* b, int64_t kn) {
   return Tile{{{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}}};
 }
 
+// Rows [p * 16, p * 16 + 16) of src (n rows of k floats, row stride ld) as the right operand of
+// tile_6x16: dst[kk][j] = src[p * 16 + j][kk] for kk < k, j < 16, zero for rows past n. The layout of
+// the GEMM's packed weights and of the attention's packed keys.
+inline void pack_panel(const float* src, int64_t ld, int64_t n, int64_t k, int64_t p, float* dst) {
+  for (int j = 0; j < kNR; ++j) {
+    const int64_t row = p * kNR + j;
+    if (row < n) {
+      const float* r = src + row * ld;
+      for (int64_t kk = 0; kk < k; ++kk) dst[kk * kNR + j] = r[kk];
+    } else {
+      for (int64_t kk = 0; kk < k; ++kk) dst[kk * kNR + j] = 0.f;
+    }
+  }
+}
+
 // exp(x) for x in [-87.3, 88.7] to ~1 ulp (below -87.3 it returns exp(-87.3) ~ 1e-38, which a softmax
 // with its maximum subtracted cannot tell from 0): 2^n * p(r), n = round(x / ln 2), r = x - n ln 2 in
 // [-ln 2 / 2, ln 2 / 2] (ln 2 split in two for an exact product), p the Cephes minimax polynomial.

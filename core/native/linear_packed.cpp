@@ -119,16 +119,11 @@ at::Tensor pack_linear_weight(const at::Tensor& w) {
               "pack_linear_weight: w must be a float32 CPU matrix (N, K)");
   const at::Tensor wc = w.contiguous();
   const int64_t N = wc.size(0), K = wc.size(1), P = (N + kNR - 1) / kNR;
-  auto packed = at::zeros({P, K, kNR}, wc.options());
+  auto packed = at::empty({P, K, kNR}, wc.options());
   const float* src = wc.data_ptr<float>();
   float* dst = packed.data_ptr<float>();
   at::parallel_for(0, P, 1, [&](int64_t p0, int64_t p1) {
-    for (int64_t p = p0; p < p1; ++p)
-      for (int j = 0; j < kNR && p * kNR + j < N; ++j) {
-        const float* row = src + (p * kNR + j) * K;
-        float* col = dst + p * K * kNR + j;
-        for (int64_t k = 0; k < K; ++k) col[k * kNR] = row[k];
-      }
+    for (int64_t p = p0; p < p1; ++p) vitsuite_vec::pack_panel(src, K, N, K, p, dst + p * K * kNR);
   });
   return packed;
 }
