@@ -282,7 +282,8 @@ def test_core_attention_offers_native_only_where_it_applies(built, monkeypatch):
 
 
 @pytest.mark.parametrize("act", ["none", "gelu", "leaky_relu"])
-@pytest.mark.parametrize("M, K, N", [(1, 8, 16), (37, 300, 40), (73, 512, 17)])  # tails, two K blocks
+@pytest.mark.parametrize("M, K, N", [(1, 8, 16), (37, 300, 40), (73, 512, 17), (37, 300, 1000)])  # tails, two K blocks;
+# the last: > 24 weight panels per thread, x packed (the others read x in place)
 def test_linear_packed_epilogue(built, act, M, K, N):
     """Activation and residual add fused into the last K block's epilogue: act(x W^T + b) + residual, a
     residual with strided rows included; the GELU is the exact (erf) one."""

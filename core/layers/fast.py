@@ -18,6 +18,7 @@ kernels and the native AVX2 kernel of :mod:`vitsuite.core.native`.
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from typing import Callable, Optional, Sequence
 
@@ -219,25 +220,35 @@ def _apply_act_(y: Tensor, act: str, slope: float) -> Tensor:
 
 
 def _time_candidates(candidates: dict[str, Callable[[], Tensor]]) -> tuple[str, Tensor]:
-    """Name of the fastest candidate (best of interleaved timed calls after one warm call each, which also
-    builds packed weights / oneDNN primitives) and one output of it."""
-    best: dict[str, float] = {name: float("inf") for name in candidates}
+    """Name of the fastest candidate and one output of it.
+
+    After one warm call each (which also builds packed weights / oneDNN primitives), the candidates run
+    in interleaved rounds, the order rotating so that no kernel always follows another one's cache
+    traffic. Each round's times are divided by that round's median, and a candidate's score is the
+    median of its normalised times: a paired comparison, so a change of machine speed during the
+    rounds (on a shared virtual machine a 1-4 ms matmul's time moves by 10-20 % between calls, more
+    than the 3-12 % that separate the kernels) falls on all candidates alike. The best of a few calls,
+    the earlier rule, chose MKL or oneDNN for 1-4 of iTransformer's 6 shapes in some processes and
+    not in others (forwards 28-39 ms instead of 28). At least 8 rounds; calls under ~3 ms get up to 40
+    (~60 ms of tuning per shape, once per process).
+    """
+    times: dict[str, list[float]] = {name: [] for name in candidates}
     outs: dict[str, Tensor] = {}
     names = list(candidates)
     rounds, start = 0, time.perf_counter()
-    # At least 7 timed rounds, small calls more (up to 20, ~20 ms of tuning): on a shared (virtual) machine
-    # a 1-4 ms matmul's time moves by 10-20 % between calls, more than the 3-12 % that separate the
-    # kernels; the best of 3 picked a slower kernel for 3 of 6 iTransformer shapes. The order rotates so
-    # that no kernel always runs right after another one's cache traffic.
-    while rounds < 8 or (rounds < 21 and time.perf_counter() - start < 0.02):
+    while rounds < 9 or (rounds < 41 and time.perf_counter() - start < 0.06):
         for i in range(len(names)):
             name = names[(i + rounds) % len(names)]
             t0 = time.perf_counter()
             outs[name] = candidates[name]()
             if rounds:
-                best[name] = min(best[name], time.perf_counter() - t0)
+                times[name].append(time.perf_counter() - t0)
         rounds += 1
-    name = min(best, key=best.__getitem__)
+    if len(names) == 1:
+        return names[0], outs[names[0]]
+    per_round = [statistics.median(times[n][r] for n in names) for r in range(rounds - 1)]
+    score = {n: statistics.median(t / m for t, m in zip(times[n], per_round)) for n in names}
+    name = min(score, key=score.__getitem__)
     return name, outs[name]
 
 
