@@ -158,8 +158,8 @@ def test_linear_packed_checks(built):
 
 @pytest.mark.parametrize("act", ["none", "gelu", "leaky_relu"])
 def test_fast_linear_native_candidate(built, monkeypatch, act):
-    """The native candidate of core's fast linear / linear_add equals the plain ops; only Parameters are
-    packed, the pack follows in-place updates, the pack budget is honoured, and big weights choose
+    """The native candidate of core's fast linear / linear_add equals the plain ops; only Parameters (or
+    whole views of them) and derived() weights are packed, the pack follows in-place updates, the pack budget is honoured, and big weights choose
     between MKL and native by timing."""
     lin = torch.nn.Linear(24, 40)
     x, res = torch.randn(2, 37, 24), torch.randn(2, 37, 40)
@@ -178,6 +178,15 @@ def test_fast_linear_native_candidate(built, monkeypatch, act):
                                    rtol=1e-5, atol=1e-5)
         part = lin.weight[:20]  # part of a Parameter: never packed
         assert fast_path._native_packed(part) is None
+        assert fast_path._native_packed(lin.weight * 2) is None  # a per-call temporary: never packed
+    with torch.inference_mode():  # a derived() weight (an inference tensor here): packed once, as it is
+        padded = fast_path.derived(lin, "test_padded", [lin.weight], lambda: F.pad(lin.weight, (0, 0, 0, 8)))
+        torch.testing.assert_close(fast_path.linear(x, padded, None, act, slope=0.2, fast=True),
+                                   fast_path.linear(x, padded, None, act, slope=0.2), rtol=1e-5, atol=1e-5)
+        packed = fast_path._NATIVE_LINEAR[padded][2]
+        assert packed.shape == (3, 24, 16) and fast_path._native_packed(padded) is packed
+        assert fast_path.derived(lin, "test_padded", [lin.weight], lambda: None) is padded
+    with torch.no_grad():
         conv = torch.nn.Conv2d(24, 40, 1)  # a 1x1 convolution's weight.flatten(1): its Parameter is packed
         xc = torch.randn(2, 5, 7, 24)
         torch.testing.assert_close(fast_path.linear(xc, conv.weight.flatten(1), conv.bias, act, slope=0.2, fast=True),

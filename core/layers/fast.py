@@ -145,10 +145,16 @@ _NATIVE_LINEAR: WeakIdKeyDictionary = WeakIdKeyDictionary()  # Parameter -> (ten
 NATIVE_PACK_MAX_BYTES = int(float(os.environ.get("VITSUITE_NATIVE_PACK_MB", "2048")) * (1 << 20))
 
 
-def _parameter_of(weight: Tensor) -> Optional[nn.Parameter]:
+# Tensors made by :func:`derived` (padded / pre-scaled weights): constant while their sources are, and
+# kept by their module's cache, so like Parameters they may carry a packed copy of their own.
+_DERIVED: WeakIdKeyDictionary = WeakIdKeyDictionary()  # derived tensor -> True
+
+
+def _parameter_of(weight: Tensor) -> Optional[Tensor]:
     """The ``nn.Parameter`` that ``weight`` is, or that it is a whole-tensor view of (a 1x1 convolution's
-    ``weight.flatten(1)``); None otherwise."""
-    if isinstance(weight, nn.Parameter):
+    ``weight.flatten(1)``), or ``weight`` itself when :func:`derived` made it; None otherwise (a
+    per-call temporary: packing it would cost more than the matmul saves)."""
+    if isinstance(weight, nn.Parameter) or weight in _DERIVED:
         return weight
     base = weight._base
     if (isinstance(base, nn.Parameter) and base.numel() == weight.numel() and base.data_ptr() == weight.data_ptr()
@@ -159,7 +165,8 @@ def _parameter_of(weight: Tensor) -> Optional[nn.Parameter]:
 
 def _native_packed(weight: Tensor) -> Optional[Tensor]:
     """``weight (N, K)`` packed for :func:`vitsuite.core.native.linear_packed`, cached per Parameter; None
-    when the native GEMM does not apply (not an ``nn.Parameter`` or a whole view of one, not float32, the
+    when the native GEMM does not apply (not an ``nn.Parameter``, a whole view of one or a :func:`derived`
+    tensor, not float32, the
     packed total would exceed ``VITSUITE_NATIVE_PACK_MB``, or the native kernels are unavailable)."""
     param = _parameter_of(weight)
     if param is None or weight.dim() != 2 or weight.dtype != torch.float32 or not native.available():
@@ -444,9 +451,11 @@ def tensor_key(*tensors: Tensor) -> tuple:
 
     Optimizer steps and ``load_state_dict`` (in-place) bump the versions; ``.to()`` / ``.float()``
     move the storage. Store :func:`keep_alive` of the same tensors with the cached value so an old
-    storage cannot be freed and its address reused by new weights while the entry exists.
+    storage cannot be freed and its address reused by new weights while the entry exists. Inference
+    tensors (e.g. :func:`derived` weights made under ``inference_mode``) have no version counter: they
+    count as unchanged while their storage is the same.
     """
-    return tuple((t._version, t.data_ptr(), t.device, t.dtype) for t in tensors)
+    return tuple((0 if t.is_inference() else t._version, t.data_ptr(), t.device, t.dtype) for t in tensors)
 
 
 def keep_alive(*tensors: Tensor) -> tuple:
@@ -466,6 +475,9 @@ def derived(module: nn.Module, name: str, sources: Sequence[Tensor], fn) -> Tens
         return hit[2]
     value = fn()
     store[name] = (key, keep_alive(*sources), value)
+    for t in value if isinstance(value, (tuple, list)) else (value,):
+        if isinstance(t, Tensor):
+            _DERIVED[t] = True
     return value
 
 
