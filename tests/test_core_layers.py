@@ -709,3 +709,30 @@ def test_choose_kernel_runs_the_stored_choice():
     assert fast_path._CHOICE[key + (("a", "c"),)] in ("a", "c")
     fast_path._CHOICE.pop(key)
     fast_path._CHOICE.pop(key + (("a", "c"),))
+
+
+def test_choose_kernel_is_not_timed_under_a_dispatch_mode():
+    """Under a dispatch mode (the FLOP counter) a shape without a stored choice runs one candidate once -
+    timing it would run every candidate ~10 times inside the counter (DRSformer counted 139 instead of
+    93 GFLOPs) - and stores nothing; a stored choice still runs."""
+    import vitsuite.core.layers.fast as fast_path
+    from torch.utils.flop_counter import FlopCounterMode
+
+    key = ("test_choose_kernel_dispatch", 1)
+    fast_path._CHOICE.pop(key, None)
+    a, b = torch.randn(8, 8), torch.randn(8, 8)
+    calls = []
+
+    def mm(name):
+        return lambda: calls.append(name) or a @ b
+
+    with FlopCounterMode(display=False) as counter:
+        out = fast_path.choose_kernel(key, {"x": mm("x"), "y": mm("y")})
+    torch.testing.assert_close(out, a @ b)
+    assert len(calls) == 1 and key not in fast_path._CHOICE and counter.get_total_flops() == 2 * 8 ** 3
+    fast_path._CHOICE[key] = "y"
+    calls.clear()
+    with FlopCounterMode(display=False):
+        fast_path.choose_kernel(key, {"x": mm("x"), "y": mm("y")})
+    assert calls == ["y"]
+    fast_path._CHOICE.pop(key)

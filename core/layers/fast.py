@@ -279,6 +279,14 @@ def _dispatch(key: tuple, candidates: dict[str, Callable[[], Tensor]], weight: T
     return choose_kernel(key, candidates)
 
 
+def _in_dispatch_mode() -> bool:
+    """Whether a ``TorchDispatchMode`` (e.g. ``FlopCounterMode``) is active."""
+    try:
+        return torch._C._len_torch_dispatch_stack() > 0
+    except AttributeError:  # pragma: no cover - older torch
+        return False
+
+
 def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
     """Run the candidate chosen for ``key`` - timed now on the first call of that key (see
     :func:`_time_candidates`), remembered for the process. Every candidate must compute the same
@@ -291,6 +299,10 @@ def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Te
     if name is not None and name not in candidates:
         key = key + (tuple(sorted(candidates)),)
         name = _CHOICE.get(key)
+    if name is None and _in_dispatch_mode():
+        # Under a dispatch mode (FLOP counter, tracing tools) times mean nothing and every timed call
+        # would be seen (FLOPs counted ~10x over): one candidate runs, nothing is stored.
+        return candidates[next(iter(candidates))]()
     if name is None:
         name, out = _time_candidates(candidates)
         _CHOICE[key] = name
