@@ -166,8 +166,8 @@ def _parameter_of(weight: Tensor) -> Optional[Tensor]:
 def _native_packed(weight: Tensor) -> Optional[Tensor]:
     """``weight (N, K)`` packed for :func:`vitsuite.core.native.linear_packed`, cached per Parameter; None
     when the native GEMM does not apply (not an ``nn.Parameter``, a whole view of one or a :func:`derived`
-    tensor, not float32, the
-    packed total would exceed ``VITSUITE_NATIVE_PACK_MB``, or the native kernels are unavailable)."""
+    tensor, not float32, the packed total would exceed ``VITSUITE_NATIVE_PACK_MB``, or the native kernels
+    are unavailable)."""
     param = _parameter_of(weight)
     if param is None or weight.dim() != 2 or weight.dtype != torch.float32 or not native.available():
         return None

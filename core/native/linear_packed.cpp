@@ -74,7 +74,8 @@ inline float activate(float v, const Epilogue& ep) {
   return v;
 }
 
-// One 6 x 16 tile: acc = a_panel (kb x 6) x b_panel (kb x 16); y tile = (first ? bias : y tile) + acc,
+// One 6 x 16 tile: acc = x rows (kb long; kStride 1: the rows of x in place, kMR: a packed 6-row panel,
+// see tile_6x16) x b_panel (kb x 16); y tile = (first ? bias : y tile) + acc,
 // for the mr x nr valid part; on the last K block (ep given) then activated and the residual added (res
 // points at the tile's first residual element).
 template <int kStride>
