@@ -406,6 +406,15 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
     native GEMM on a once-packed weight with the activation in its epilogue (the same function).
     """
     if fast:
+        k = weight.shape[-1]
+        key = ("linear", act, x.numel() // k, k, weight.shape[0], bias is not None)
+        name = _CHOICE.get(key) if LINEAR_KERNEL == "auto" else None
+        if name == "native":  # the shape's kernel is known: skip building the candidates (~10 us a call)
+            packed = _native_candidate(weight, bias)
+            if packed is not None:
+                return _native_linear(x, weight, bias, packed, act, slope)
+        elif name == "mkl":
+            return _apply_act_(F.linear(x, weight, bias), act, slope)
         epilogue = {"gelu": ("gelu", [], "none"), "leaky_relu": ("leaky_relu", [slope], "")}.get(act, ("none", [], ""))
 
         def onednn() -> Tensor:
@@ -424,8 +433,7 @@ def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
         packed = _native_candidate(weight, bias)
         if packed is not None:
             candidates["native"] = lambda: _native_linear(x, weight, bias, packed, act, slope)
-        k = weight.shape[-1]
-        return _dispatch(("linear", act, x.numel() // k, k, weight.shape[0], bias is not None), candidates, weight)
+        return _dispatch(key, candidates, weight)
     y = F.linear(x, weight, bias)
     if act == "gelu":
         return F.gelu(y)
@@ -442,6 +450,15 @@ def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor],
     epilogue (``other`` is never written)."""
     if fast:
         other2 = other.reshape(x.shape[:-1] + other.shape[-1:])
+        k = weight.shape[-1]
+        key = ("linear_add", x.numel() // k, k, weight.shape[0], bias is not None)
+        name = _CHOICE.get(key) if LINEAR_KERNEL == "auto" else None
+        if name == "native":  # known kernel: no candidates built
+            packed = _native_candidate(weight, bias)
+            if packed is not None:
+                return _native_linear(x, weight, bias, packed, residual=other2)
+        elif name == "mkl":
+            return F.linear(x, weight, bias).add_(other2)
 
         def onednn() -> Tensor:
             return torch.ops.mkldnn._linear_pointwise.binary(x, other2, _maybe_packed(x, weight), bias, "add")
@@ -453,8 +470,7 @@ def linear_add(x: Tensor, other: Tensor, weight: Tensor, bias: Optional[Tensor],
         packed = _native_candidate(weight, bias)
         if packed is not None:
             candidates["native"] = lambda: _native_linear(x, weight, bias, packed, residual=other2)
-        k = weight.shape[-1]
-        return _dispatch(("linear_add", x.numel() // k, k, weight.shape[0], bias is not None), candidates, weight)
+        return _dispatch(key, candidates, weight)
     return other + F.linear(x, weight, bias)
 
 
