@@ -300,12 +300,6 @@ def _native_depthwise_flop(*args, out_val=None, **kwargs) -> int:
 _native_depthwise_flop._get_raw = True
 
 
-def _native_attention_flop(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
-    """vitsuite's native attention (``vitsuite_native.attention``, q / k / v as SDPA's (B, H, N, D)): SDPA's
-    count."""
-    return _sdpa_cpu_flop(q_shape, k_shape, v_shape)
-
-
 def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
     """Forward FLOPs of ``fn()`` (FlopCounterMode: matmuls, convolutions, attention).
 
@@ -329,7 +323,7 @@ def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
     if native.available():
         custom[torch.ops.vitsuite_native.depthwise_nhwc] = _native_depthwise_flop
         custom[torch.ops.vitsuite_native.linear_packed] = _linear_pointwise_flop  # same formula
-        custom[torch.ops.vitsuite_native.attention] = _native_attention_flop
+        custom[torch.ops.vitsuite_native.attention] = _sdpa_cpu_flop  # q / k / v as SDPA's
     flags = [(p, p.requires_grad) for p in module.parameters()]
     try:
         for p, _ in flags:
