@@ -557,7 +557,7 @@ def test_fast_linear_kernels_agree_and_the_choice_is_cached(monkeypatch, act):
         assert key == ("linear", act, 74, 24, 40, True) and chosen in fast_path.LINEAR_KERNELS
         fast_path._CHOICE[key] = "mkl"  # later calls of the shape run the stored choice without timing again
         calls = []
-        monkeypatch.setattr(fast_path, "_time_candidates", lambda c: calls.append(c) or ("mkl", None))
+        monkeypatch.setattr(fast_path, "_time_candidates", lambda c, prior=None: calls.append(c) or ("mkl", None, {}))
         fast_path.linear(x, w, b, act, slope=0.2, fast=True)
         assert not calls
         # weights above PACK_MAX_BYTES always take MKL, untimed (oneDNN would re-lay them out every call)
@@ -580,8 +580,40 @@ def test_kernel_timing_picks_the_fastest_candidate():
         _time.sleep(0.003)
         return torch.zeros(1)
 
-    name, out = fast_path._time_candidates({"slow": slow, "quick": lambda: torch.ones(1)})
-    assert name == "quick" and torch.equal(out, torch.ones(1)) and len(slow_calls) >= 4  # warm + 3 timed
+    name, out, best = fast_path._time_candidates({"slow": slow, "quick": lambda: torch.ones(1)})
+    assert name == "quick" and torch.equal(out, torch.ones(1)) and len(slow_calls) >= 9  # warm + 8 timed
+    assert best["slow"] >= 0.003 > best["quick"]
+    # a second timing counts the first one's fastest calls in: "slow" once ran faster than "quick" does now
+    name, _, best = fast_path._time_candidates({"slow": slow, "quick": lambda: torch.ones(1)},
+                                               prior={"slow": 0.0, "quick": 1.0})
+    assert name == "slow" and best["slow"] == 0.0
+
+
+def test_kernel_choice_is_timed_again_once_a_while_later(monkeypatch):
+    """The choice of the first timing serves the calls until RETUNE_AFTER_S has passed; the next call then
+    times the candidates again, the fastest calls of both timings decide, and nothing is timed after."""
+    import vitsuite.core.layers.fast as fast_path
+
+    monkeypatch.setattr(fast_path, "_CHOICE", {})
+    monkeypatch.setattr(fast_path, "_RETUNE", {})
+    monkeypatch.setattr(fast_path, "RETUNE_AFTER_S", 3600.0)
+    timings = []
+    results = iter([("a", torch.zeros(1), {"a": 2.0, "b": 3.0}), ("b", torch.ones(1), {"a": 2.0, "b": 1.0})])
+
+    def fake_timing(candidates, prior=None):
+        timings.append(prior)
+        return next(results)
+
+    monkeypatch.setattr(fast_path, "_time_candidates", fake_timing)
+    cands = {"a": lambda: torch.zeros(1), "b": lambda: torch.ones(1)}
+    assert torch.equal(fast_path.choose_kernel(("k",), cands), torch.zeros(1))
+    assert torch.equal(fast_path.choose_kernel(("k",), cands), torch.zeros(1))  # too early: the first choice
+    assert timings == [None] and fast_path._CHOICE[("k",)] == "a"
+    monkeypatch.setattr(fast_path, "RETUNE_AFTER_S", 0.0)
+    assert torch.equal(fast_path.choose_kernel(("k",), cands), torch.ones(1))
+    assert timings == [None, {"a": 2.0, "b": 3.0}] and fast_path._CHOICE[("k",)] == "b" and not fast_path._RETUNE
+    fast_path.choose_kernel(("k",), cands)
+    assert len(timings) == 2  # decided for good
 
 
 def test_swin_block_fast_path_matches_plain_path(monkeypatch):

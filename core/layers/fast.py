@@ -18,7 +18,6 @@ kernels and the native AVX2 kernel of :mod:`vitsuite.core.native`.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from typing import Callable, Optional, Sequence
 
@@ -215,6 +214,12 @@ def _native_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], packed: Te
 LINEAR_KERNEL = os.environ.get("VITSUITE_LINEAR_KERNEL", "auto")  # auto | onednn | onednn_unfused | mkl | native
 LINEAR_KERNELS = ("onednn", "onednn_unfused", "mkl", "native")
 _CHOICE: dict[tuple, str] = {}  # shape key -> kernel name
+# A choice made by timing on a shared virtual machine can fall in one of its slow phases (~0.1-0.5 s, in
+# which the native GEMM, streaming its weights from the shared L3, loses its lead over MKL while its
+# fastest calls elsewhere keep it): a shape is timed a second time on its first call RETUNE_AFTER_S after
+# the first timing, and the fastest calls of both timings decide for good.
+_RETUNE: dict[tuple, tuple[float, dict[str, float]]] = {}  # shape key -> (first timing's end, fastest call per kernel)
+RETUNE_AFTER_S = 1.0
 
 
 def _apply_act_(y: Tensor, act: str, slope: float) -> Tensor:
@@ -226,37 +231,42 @@ def _apply_act_(y: Tensor, act: str, slope: float) -> Tensor:
     return y
 
 
-def _time_candidates(candidates: dict[str, Callable[[], Tensor]]) -> tuple[str, Tensor]:
-    """Name of the fastest candidate and one output of it.
+def _time_candidates(candidates: dict[str, Callable[[], Tensor]],
+                     prior: Optional[dict[str, float]] = None) -> tuple[str, Tensor, dict[str, float]]:
+    """Name of the fastest candidate, one output of it and each candidate's fastest call (s); ``prior``:
+    fastest calls of an earlier timing of the same candidates, counted in.
 
     After one warm call each (which also builds packed weights / oneDNN primitives), the candidates run
     in interleaved rounds, the order rotating so that no kernel always follows another one's cache
-    traffic. Each round's times are divided by that round's median, and a candidate's score is the
-    median of its normalised times: a paired comparison, so a change of machine speed during the
-    rounds (on a shared virtual machine a 1-4 ms matmul's time moves by 10-20 % between calls, more
-    than the 3-12 % that separate the kernels) falls on all candidates alike. The best of a few calls,
-    the earlier rule, chose MKL or oneDNN for 1-4 of iTransformer's 6 shapes in some processes and
-    not in others (forwards 28-39 ms instead of 28). At least 8 rounds; calls under ~3 ms get up to 40
-    (~60 ms of tuning per shape, once per process).
+    traffic: at least 8 timed rounds, calls under ~3 ms up to 40 (~60 ms of tuning per shape, once per
+    process). A candidate's score is its fastest call: the machine's noise (on a shared virtual machine
+    a 1-4 ms matmul's time moves by 10-20 % between calls, more than the 3-12 % that separate the
+    kernels) only ever adds time, so the minimum estimates what the kernel itself costs.
+
+    Only one output is alive at a time (dropped before the next call), so every call gets the block
+    the previous one freed: when each candidate kept its last output, glibc returned some of those
+    megabyte blocks to the system and re-mapped them on the next call, and one candidate could page-fault
+    in every call of a tuning run (iTransformer's qkv: ~450 faults a call, 3.0 -> 3.7 ms) - which it
+    never does inside the model - and lose the choice. The chosen candidate runs once more for the
+    output.
     """
     times: dict[str, list[float]] = {name: [] for name in candidates}
-    outs: dict[str, Tensor] = {}
     names = list(candidates)
+    if len(names) == 1:
+        return names[0], candidates[names[0]](), {}
     rounds, start = 0, time.perf_counter()
     while rounds < 9 or (rounds < 41 and time.perf_counter() - start < 0.06):
         for i in range(len(names)):
             name = names[(i + rounds) % len(names)]
             t0 = time.perf_counter()
-            outs[name] = candidates[name]()
+            out = candidates[name]()
             if rounds:
                 times[name].append(time.perf_counter() - t0)
+            del out
         rounds += 1
-    if len(names) == 1:
-        return names[0], outs[names[0]]
-    per_round = [statistics.median(times[n][r] for n in names) for r in range(rounds - 1)]
-    score = {n: statistics.median(t / m for t, m in zip(times[n], per_round)) for n in names}
-    name = min(score, key=score.__getitem__)
-    return name, outs[name]
+    best = {n: min(times[n] + ([prior[n]] if prior and n in prior else [])) for n in names}
+    name = min(names, key=best.__getitem__)
+    return name, candidates[name](), best
 
 
 def _dispatch(key: tuple, candidates: dict[str, Callable[[], Tensor]], weight: Tensor) -> Tensor:
@@ -284,7 +294,9 @@ def _known_kernel(key: tuple, weight: Tensor, bias: Optional[Tensor], native_cal
     """The output of the kernel already chosen for ``key`` when it is the native GEMM (``native_call(packed
     weight)``) or MKL (``mkl_call()``), else None: a matmul whose choice is made skips building its candidates
     (~10-19 us of Python a call; iTransformer makes 14 such calls a forward)."""
-    name = _CHOICE.get(key) if LINEAR_KERNEL == "auto" else None
+    if LINEAR_KERNEL != "auto" or (_RETUNE and key in _RETUNE):  # pinned, or a second timing is due
+        return None
+    name = _CHOICE.get(key)
     if name == "native":
         packed = _native_candidate(weight, bias)
         if packed is not None:
@@ -303,8 +315,8 @@ def _in_dispatch_mode() -> bool:
 
 
 def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
-    """Run the candidate chosen for ``key`` - timed now on the first call of that key (see
-    :func:`_time_candidates`), remembered for the process. Every candidate must compute the same
+    """Run the candidate chosen for ``key`` - timed on the first call of that key and once more on its
+    first call :data:`RETUNE_AFTER_S` later (see :func:`_time_candidates`), remembered for the process. Every candidate must compute the same
     function and return a fresh tensor (each runs several times while timing). Inference only.
 
     Calls of one shape may offer different candidates (a weight that can be packed for the native GEMM
@@ -319,9 +331,18 @@ def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Te
         # would be seen (FLOPs counted ~10x over): one candidate runs, nothing is stored.
         return candidates[next(iter(candidates))]()
     if name is None:
-        name, out = _time_candidates(candidates)
+        name, out, best = _time_candidates(candidates)
         _CHOICE[key] = name
+        if len(best) > 1:
+            _RETUNE[key] = (time.perf_counter(), best)
         return out
+    if _RETUNE:
+        pending = _RETUNE.get(key)
+        if pending is not None and time.perf_counter() - pending[0] >= RETUNE_AFTER_S and set(pending[1]) == set(candidates):
+            del _RETUNE[key]
+            name, out, _ = _time_candidates(candidates, prior=pending[1])
+            _CHOICE[key] = name
+            return out
     return candidates[name]()
 
 

@@ -30,7 +30,8 @@ namespace {
 using vitsuite_vec::kMR;  // register tile: rows of x
 using vitsuite_vec::kNR;  // ... x columns of y
 constexpr int64_t kKC = 256;      // K block: a 16 x 256 weight panel (16 KB) stays in L1
-constexpr int64_t kMC = 72;       // rows per packed x block (72 x 256 floats = 72 KB, in L2)
+constexpr int64_t kMC = 72;       // rows per x block (72 x 256 floats = 72 KB, in L2) ...
+constexpr int64_t kMCPacked = 336;  // ... up to this many when a thread packs x (336 x 256 floats = 336 KB)
 constexpr int64_t kPanelsPerThread = 16;  // fewer weight panels per thread: threads split the rows
 constexpr int64_t kDirectMaxPanels = 24;  // up to this many panels per thread: x's rows read in place
 
@@ -200,11 +201,16 @@ at::Tensor linear_packed(const at::Tensor& x, const at::Tensor& packed, int64_t 
     // (measured: +5 % for 325 x 512 -> 512, -2.5 % for 433 x 1024 -> 3072, 2 threads).
     at::parallel_for(0, P, 1, [&](int64_t p_begin, int64_t p_end) {
       const bool pack = p_end - p_begin > kDirectMaxPanels;
-      std::vector<float> ap(pack ? ((kMC + kMR - 1) / kMR) * kMR * kKC : 0);
+      int64_t mc = kMC;
+      if (pack) {  // one pass over the thread's weights per block: fewer, larger blocks (+1-4 %)
+        const int64_t nblocks = (M + kMCPacked - 1) / kMCPacked;
+        mc = ((M + nblocks - 1) / nblocks + kMR - 1) / kMR * kMR;
+      }
+      std::vector<float> ap(pack ? mc * kKC : 0);
       for (int64_t k0 = 0; k0 < K; k0 += kKC) {
         const int64_t kb = std::min(kKC, K - k0);
-        for (int64_t i0 = 0; i0 < M; i0 += kMC) {
-          const int64_t mb = std::min(kMC, M - i0);
+        for (int64_t i0 = 0; i0 < M; i0 += mc) {
+          const int64_t mb = std::min(mc, M - i0);
           if (pack) pack_rows(xp, ap.data(), M, K, i0, (mb + kMR - 1) / kMR * kMR, k0, kb);
           block(pack ? ap.data() : nullptr, i0, mb, k0, kb, p_begin, p_end);
         }
