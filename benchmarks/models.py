@@ -12,7 +12,8 @@ output (max |diff|). FLOPs are counted with ``torch.utils.flop_counter.FlopCount
 forward of our model (of the official one when ours is missing); the physical limit is those
 FLOPs divided by the fp32 matrix-multiply throughput of the same process (2048x2048 ``a @ b``,
 same threads). Each model runs in a fresh worker process (``--in-process`` to disable), so
-peak RSS is per model and one model's allocator state does not slow the next.
+peak RSS is per model and one model's allocator state does not slow the next; with ``--processes N``
+in N of them, one after the other, and their calls are pooled (:func:`merge_processes`).
 
 | key | model_id | ours (registered name + overrides) | official configuration | input | official ref. (OFFICIAL_TIMINGS.md) |
 | --- | --- | --- | --- | --- | ---: |
@@ -232,6 +233,9 @@ def timed(fn: Callable[[], Any], warmup: int, repeat: int) -> tuple[float, list[
     return statistics.median(times), times, out
 
 
+WARMUP_S = 2.5  # > RETUNE_AFTER_S of the fast path
+
+
 def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], warmup: int, repeat: int,
                min_time: float) -> tuple[list[float], Any, list[float], Any]:
     """Interleaved timing of two implementations: ``a, b, a, b, ...`` after ``warmup`` calls of each.
@@ -242,8 +246,14 @@ def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], warmup: int, repeat
     a, times b, last output b).
     """
     out_a = out_b = None
-    for _ in range(warmup):
+    start = time.perf_counter()
+    done = 0
+    # At least ``warmup`` and two pairs, and WARMUP_S seconds: the fast path times each matmul / attention
+    # shape on its first call and close calls once more a second later (vitsuite.core.layers.fast.RETUNE_AFTER_S);
+    # both belong to the warm-up, not to the timed calls.
+    while done < max(warmup, 2) or time.perf_counter() - start < WARMUP_S:
         out_a, out_b = fa(), fb()
+        done += 1
     times_a: list[float] = []
     times_b: list[float] = []
     while len(times_a) < repeat or min(sum(times_a), sum(times_b)) < min_time:
@@ -521,6 +531,17 @@ def run_model(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
     row["matmul_gflops_end"] = matmul_gflops()
     row["matmul_gflops_start"] = row["matmul_gflops"]
     row["matmul_gflops"] = max(row["matmul_gflops_start"], row["matmul_gflops_end"])
+    derive_ratios(row)
+    if "official_params" in row and "ours_params" in row and row["official_params"] != row["ours_params"]:
+        row["status"] = "param mismatch"
+    if "official_error" in row and row["status"] == "ok":
+        row["status"] = "official unavailable"
+    row["peak_rss_mb"] = peak_rss_mb()
+    return row
+
+
+def derive_ratios(row: dict[str, Any]) -> None:
+    """The physical limit and the ratios of a row from its times, FLOPs and matmul throughput (in place)."""
     if "gflops" in row:
         row["limit_s"] = row["gflops"] / row["matmul_gflops"]
     if row.get("official_s") and row.get("ours_s"):
@@ -531,11 +552,33 @@ def run_model(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
         row["official_limit_s"] = row["official_gflops"] / row["matmul_gflops"]
     if row.get("official_s") and (row.get("official_limit_s") or row.get("limit_s")):
         row["official_over_limit"] = row["official_s"] / (row.get("official_limit_s") or row["limit_s"])
-    if "official_params" in row and "ours_params" in row and row["official_params"] != row["ours_params"]:
-        row["status"] = "param mismatch"
-    if "official_error" in row and row["status"] == "ok":
-        row["status"] = "official unavailable"
-    row["peak_rss_mb"] = peak_rss_mb()
+
+
+def merge_processes(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One row from the same model measured in several fresh processes (``--processes``).
+
+    A process carries state that holds for all its calls - the kernels the fast path chose, where the
+    allocator put the weights, the official module's oneDNN primitives - so the two implementations'
+    ratio moves between processes by more than within one (on the benchmark VM, DRCT's official forward ran
+    1.55-1.69 s in all calls of one process against 1.70-2.32 s in every other). The calls of all processes
+    are pooled: medians of all official and all our calls, the median of all per-pair ratios, and each
+    process's own ratio kept in ``process_ratios``; max |diff|, peak RSS and matmul throughput are the
+    largest seen.
+    """
+    timed = [r for r in rows if r.get("official_times") and r.get("ours_times")]
+    if len(timed) < 2:
+        return dict(timed[0] if timed else rows[0])
+    row = dict(timed[0])
+    row["processes"] = len(timed)
+    row["process_ratios"] = [r["ratio_official_over_ours"] for r in timed]
+    row["official_times"] = [t for r in timed for t in r["official_times"]]
+    row["ours_times"] = [t for r in timed for t in r["ours_times"]]
+    row["official_s"], row["ours_s"] = statistics.median(row["official_times"]), statistics.median(row["ours_times"])
+    row["ratio_paired_median"] = statistics.median(o / u for r in timed for o, u in zip(r["official_times"], r["ours_times"]))
+    for key in ("max_diff", "rel_diff", "peak_rss_mb", "matmul_gflops"):
+        if all(key in r for r in timed):
+            row[key] = max(r[key] for r in timed)
+    derive_ratios(row)
     return row
 
 
@@ -637,6 +680,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-official-flops", dest="official_flops", action="store_false",
                         help="do not count the official module's FLOPs (cross-check of ours; one extra forward)")
     parser.add_argument("--in-process", action="store_true", help="run every model in this process")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="measure each model in this many fresh processes, calls pooled (each runs --min-time)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -657,7 +702,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for pm in models:
         print(f"[{pm.key}] ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        row = run_model(pm, args) if args.in_process else run_worker(pm, args)
+        if args.in_process:
+            row = run_model(pm, args)
+        else:
+            row = merge_processes([run_worker(pm, args) for _ in range(max(1, args.processes))])
         row["wall_s"] = time.perf_counter() - t0
         rows.append(row)
         print(f"[{pm.key}] {row.get('status')} ({row['wall_s']:.1f} s)", file=sys.stderr, flush=True)
@@ -674,7 +722,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
         "settings": {"threads": args.threads, "repeat": args.repeat, "min_time": args.min_time, "warmup": args.warmup,
                      "compile": args.compile, "bf16": args.bf16,
-                     "official_root": str(args.official_root), "in_process": args.in_process},
+                     "official_root": str(args.official_root), "in_process": args.in_process,
+                     "processes": 1 if args.in_process else max(1, args.processes)},
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

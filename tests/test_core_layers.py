@@ -597,6 +597,7 @@ def test_kernel_choice_is_timed_again_once_a_while_later(monkeypatch):
     monkeypatch.setattr(fast_path, "_CHOICE", {})
     monkeypatch.setattr(fast_path, "_RETUNE", {})
     monkeypatch.setattr(fast_path, "RETUNE_AFTER_S", 3600.0)
+    monkeypatch.setattr(fast_path, "RETUNE_MARGIN", 1.6)  # 3.0 / 2.0: a close call
     timings = []
     results = iter([("a", torch.zeros(1), {"a": 2.0, "b": 3.0}), ("b", torch.ones(1), {"a": 2.0, "b": 1.0})])
 

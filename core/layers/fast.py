@@ -216,10 +216,12 @@ LINEAR_KERNELS = ("onednn", "onednn_unfused", "mkl", "native")
 _CHOICE: dict[tuple, str] = {}  # shape key -> kernel name
 # A choice made by timing on a shared virtual machine can fall in one of its slow phases (~0.1-0.5 s, in
 # which the native GEMM, streaming its weights from the shared L3, loses its lead over MKL while its
-# fastest calls elsewhere keep it): a shape is timed a second time on its first call RETUNE_AFTER_S after
-# the first timing, and the fastest calls of both timings decide for good.
+# fastest calls elsewhere keep it): a shape whose runner-up came within RETUNE_MARGIN of the winner is
+# timed a second time on its first call RETUNE_AFTER_S after the first timing, and the fastest calls of
+# both timings decide for good.
 _RETUNE: dict[tuple, tuple[float, dict[str, float]]] = {}  # shape key -> (first timing's end, fastest call per kernel)
 RETUNE_AFTER_S = 1.0
+RETUNE_MARGIN = 1.15
 
 
 def _apply_act_(y: Tensor, act: str, slope: float) -> Tensor:
@@ -333,7 +335,7 @@ def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Te
     if name is None:
         name, out, best = _time_candidates(candidates)
         _CHOICE[key] = name
-        if len(best) > 1:
+        if len(best) > 1 and sorted(best.values())[1] < RETUNE_MARGIN * best[name]:  # a close call
             _RETUNE[key] = (time.perf_counter(), best)
         return out
     if _RETUNE:
