@@ -104,6 +104,4 @@ inline __m256 gelu256(__m256 x) {
   return _mm256_fmadd_ps(half_x, erf256(_mm256_mul_ps(x, _mm256_set1_ps(0.70710678118654752f))), half_x);
 }
 
-inline float gelu(float x) { return 0.5f * x * (1.f + std::erf(x * 0.70710678118654752f)); }
-
 }  // namespace vitsuite_vec
