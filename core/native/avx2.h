@@ -44,17 +44,46 @@ inline Tile tile_6x16(const float* const a[kMR], const float* b, int64_t kn) {
   return Tile{{{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}}};
 }
 
+// In-register transpose of an 8 x 8 float block: r[i][j] -> r[j][i].
+inline void transpose8x8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0)), s1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0)), s3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(1, 0, 1, 0)), s5 = _mm256_shuffle_ps(t4, t6, _MM_SHUFFLE(3, 2, 3, 2));
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(1, 0, 1, 0)), s7 = _mm256_shuffle_ps(t5, t7, _MM_SHUFFLE(3, 2, 3, 2));
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20); r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20); r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31); r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31); r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+
 // Rows [p * 16, p * 16 + 16) of src (n rows of k floats, row stride ld) as the right operand of
 // tile_6x16: dst[kk][j] = src[p * 16 + j][kk] for kk < k, j < 16, zero for rows past n. The layout of
-// the GEMM's packed weights and of the attention's packed keys.
+// the GEMM's packed weights and of the attention's packed keys. A full panel goes by 8 x 8 register
+// transposes (the attention packs k per head and call: element by element that was 15 % of HAT's
+// window attention).
 inline void pack_panel(const float* src, int64_t ld, int64_t n, int64_t k, int64_t p, float* dst) {
+  int64_t k8 = 0;
+  if (p * kNR + kNR <= n) {
+    k8 = k / 8 * 8;
+    for (int64_t kk = 0; kk < k8; kk += 8)
+      for (int h = 0; h < 2; ++h) {
+        __m256 r[8];
+        for (int j = 0; j < 8; ++j) r[j] = _mm256_loadu_ps(src + (p * kNR + h * 8 + j) * ld + kk);
+        transpose8x8(r);
+        for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (kk + i) * kNR + h * 8, r[i]);
+      }
+  }
   for (int j = 0; j < kNR; ++j) {
     const int64_t row = p * kNR + j;
     if (row < n) {
       const float* r = src + row * ld;
-      for (int64_t kk = 0; kk < k; ++kk) dst[kk * kNR + j] = r[kk];
+      for (int64_t kk = k8; kk < k; ++kk) dst[kk * kNR + j] = r[kk];
     } else {
-      for (int64_t kk = 0; kk < k; ++kk) dst[kk * kNR + j] = 0.f;
+      for (int64_t kk = k8; kk < k; ++kk) dst[kk * kNR + j] = 0.f;
     }
   }
 }
