@@ -611,10 +611,20 @@ def test_kernel_choice_is_timed_again_once_a_while_later(monkeypatch):
     assert torch.equal(fast_path.choose_kernel(("k",), cands), torch.zeros(1))  # too early: the first choice
     assert timings == [None] and fast_path._CHOICE[("k",)] == "a"
     monkeypatch.setattr(fast_path, "RETUNE_AFTER_S", 0.0)
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False):  # no timing under a dispatch mode (it would count every call)
+        assert torch.equal(fast_path.choose_kernel(("k",), cands), torch.zeros(1))
+    assert timings == [None]
     assert torch.equal(fast_path.choose_kernel(("k",), cands), torch.ones(1))
     assert timings == [None, {"a": 2.0, "b": 3.0}] and fast_path._CHOICE[("k",)] == "b" and not fast_path._RETUNE
     fast_path.choose_kernel(("k",), cands)
     assert len(timings) == 2  # decided for good
+    # a second timing due for a shape now offered other kernels is dropped, not run on the wrong set
+    fast_path._CHOICE[("j",)] = "a"
+    fast_path._RETUNE[("j",)] = (0.0, {"a": 1.0, "b": 1.1})
+    assert torch.equal(fast_path.choose_kernel(("j",), {"a": lambda: torch.zeros(1)}), torch.zeros(1))
+    assert len(timings) == 2 and not fast_path._RETUNE
 
 
 def test_swin_block_fast_path_matches_plain_path(monkeypatch):

@@ -317,9 +317,10 @@ def _in_dispatch_mode() -> bool:
 
 
 def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
-    """Run the candidate chosen for ``key`` - timed on the first call of that key and once more on its
-    first call :data:`RETUNE_AFTER_S` later (see :func:`_time_candidates`), remembered for the process. Every candidate must compute the same
-    function and return a fresh tensor (each runs several times while timing). Inference only.
+    """Run the candidate chosen for ``key`` - timed on the first call of that key (a close call once more
+    on its first call :data:`RETUNE_AFTER_S` later; see :func:`_time_candidates`), remembered for the
+    process. Every candidate must compute the same function and return a fresh tensor (each runs
+    several times while timing). Inference only.
 
     Calls of one shape may offer different candidates (a weight that can be packed for the native GEMM
     and one that cannot, e.g. under a dispatch mode such as the FLOP counter): when the stored choice is
@@ -338,10 +339,10 @@ def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Te
         if len(best) > 1 and sorted(best.values())[1] < RETUNE_MARGIN * best[name]:  # a close call
             _RETUNE[key] = (time.perf_counter(), best)
         return out
-    if _RETUNE:
-        pending = _RETUNE.get(key)
-        if pending is not None and time.perf_counter() - pending[0] >= RETUNE_AFTER_S and set(pending[1]) == set(candidates):
-            del _RETUNE[key]
+    pending = _RETUNE.get(key) if _RETUNE else None
+    if pending is not None and time.perf_counter() - pending[0] >= RETUNE_AFTER_S and not _in_dispatch_mode():
+        del _RETUNE[key]
+        if set(pending[1]) == set(candidates):  # the same kernels on offer: time them again
             name, out, _ = _time_candidates(candidates, prior=pending[1])
             _CHOICE[key] = name
             return out
