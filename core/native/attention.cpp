@@ -59,10 +59,23 @@ struct Geometry {
   int64_t vp_size() const { return Pv * Nk * kNR; }  // packed v of one head: [Pv][Nk][16]
 };
 
+// k and v rows come strided out of the qkv projection's output (HAT: 2304 bytes apart, a new page every
+// other row, where the hardware prefetcher stops), so the rows a few steps ahead are prefetched: HAT's
+// window attention 3-4 % faster, head dim 64 shapes ~1 %.
+inline void prefetch_row(const float* row, int64_t floats) {
+  const char* r = reinterpret_cast<const char*>(row);
+  for (int64_t b = 0; b < floats * 4; b += 64) _mm_prefetch(r + b, _MM_HINT_T0);
+}
+
 void pack_head(const Geometry& g, const float* k, const float* v, float* kp, float* vp) {
-  for (int64_t pk = 0; pk < g.Pk; ++pk) vitsuite_vec::pack_panel(k, g.k_sn, g.Nk, g.D, pk, kp + pk * g.D * kNR);
+  for (int64_t pk = 0; pk < g.Pk; ++pk) {
+    for (int64_t key = (pk + 1) * kNR; key < std::min((pk + 2) * kNR, g.Nk); ++key) prefetch_row(k + key * g.k_sn, g.D);
+    vitsuite_vec::pack_panel(k, g.k_sn, g.Nk, g.D, pk, kp + pk * g.D * kNR);
+  }
+  constexpr int64_t kAhead = 8;  // v rows prefetched this many keys ahead
   for (int64_t key = 0; key < g.Nk; ++key) {
     const float* src = v + key * g.v_sn;
+    if (key + kAhead < g.Nk) prefetch_row(src + kAhead * g.v_sn, g.Dv);
     for (int64_t pv = 0; pv < g.Pv; ++pv) {
       float* dst = vp + (pv * g.Nk + key) * kNR;
       const int64_t cols = std::min<int64_t>(kNR, g.Dv - pv * kNR);
