@@ -220,11 +220,26 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
+WARMUP_S = 2.5  # > RETUNE_AFTER_S of the fast path
+
+
+def warm_up(fns: Sequence[Callable[[], Any]], warmup: int) -> list[Any]:
+    """Call ``fns`` in turn, at least ``warmup`` and two rounds and WARMUP_S seconds; the last outputs.
+
+    The fast path times each matmul / attention shape on its first call and close calls once more a
+    second later (``vitsuite.core.layers.fast.RETUNE_AFTER_S``): both belong to the warm-up, not to the
+    timed calls."""
+    outs: list[Any] = [None] * len(fns)
+    start, done = time.perf_counter(), 0
+    while done < max(warmup, 2) or time.perf_counter() - start < WARMUP_S:
+        outs = [fn() for fn in fns]
+        done += 1
+    return outs
+
+
 def timed(fn: Callable[[], Any], warmup: int, repeat: int) -> tuple[float, list[float], Any]:
-    """Median wall time of ``repeat`` calls after ``warmup`` calls; also the last output."""
-    out = None
-    for _ in range(warmup):
-        out = fn()
+    """Median wall time of ``repeat`` calls after the warm-up (:func:`warm_up`); also the last output."""
+    out, = warm_up([fn], warmup)
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
@@ -233,27 +248,16 @@ def timed(fn: Callable[[], Any], warmup: int, repeat: int) -> tuple[float, list[
     return statistics.median(times), times, out
 
 
-WARMUP_S = 2.5  # > RETUNE_AFTER_S of the fast path
-
-
 def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], warmup: int, repeat: int,
                min_time: float) -> tuple[list[float], Any, list[float], Any]:
-    """Interleaved timing of two implementations: ``a, b, a, b, ...`` after ``warmup`` calls of each.
+    """Interleaved timing of two implementations: ``a, b, a, b, ...`` after the warm-up (:func:`warm_up`).
 
     At least ``repeat`` pairs, more while either side has spent under ``min_time`` seconds, so that
     a 30 ms forward is measured over dozens of calls. Alternating makes a change of machine load
     (another process, the allocator's state) fall on both sides alike. Returns (times a, last output
     a, times b, last output b).
     """
-    out_a = out_b = None
-    start = time.perf_counter()
-    done = 0
-    # At least ``warmup`` and two pairs, and WARMUP_S seconds: the fast path times each matmul / attention
-    # shape on its first call and close calls once more a second later (vitsuite.core.layers.fast.RETUNE_AFTER_S);
-    # both belong to the warm-up, not to the timed calls.
-    while done < max(warmup, 2) or time.perf_counter() - start < WARMUP_S:
-        out_a, out_b = fa(), fb()
-        done += 1
+    out_a, out_b = warm_up([fa, fb], warmup)
     times_a: list[float] = []
     times_b: list[float] = []
     while len(times_a) < repeat or min(sum(times_a), sum(times_b)) < min_time:

@@ -69,59 +69,58 @@ inline __m256 activate(__m256 v, const Epilogue& ep) {
   return v;
 }
 
+// Row halves of a tile: plain loads / stores, or (kMasked) lane-masked ones that touch only the valid
+// columns of an edge panel (AMD's masked stores are slow: full tiles keep the plain ones).
+template <bool kMasked>
+struct Lanes {
+  __m256i m0, m1;  // valid lanes of columns 0-7, 8-15 (kMasked only)
+  __m256 load(const float* p, int half) const {
+    if constexpr (kMasked) return _mm256_maskload_ps(p, half ? m1 : m0);
+    else return _mm256_loadu_ps(p);
+  }
+  void store(float* p, int half, __m256 v) const {
+    if constexpr (kMasked) _mm256_maskstore_ps(p, half ? m1 : m0, v);
+    else _mm256_storeu_ps(p, v);
+  }
+};
+
+// The finished accumulators c of a tile's first mr rows -> y: (first ? bias : y) + c, then on the last K
+// block (ep given) activated and the residual added.
+template <bool kMasked>
+inline void store_tile(const __m256 (&c)[kMR][2], const Lanes<kMasked>& lanes, float* y, int64_t ldy, int mr,
+                       bool first, const float* bias, const Epilogue* ep, const float* res) {
+  __m256 base[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+  if (first && bias) for (int h = 0; h < 2; ++h) base[h] = lanes.load(bias + 8 * h, h);
+  for (int t = 0; t < mr; ++t) {
+    float* row = y + t * ldy;
+    for (int h = 0; h < 2; ++h) {
+      __m256 v = _mm256_add_ps(c[t][h], first ? base[h] : lanes.load(row + 8 * h, h));
+      if (ep) {
+        v = activate(v, *ep);
+        if (res) v = _mm256_add_ps(v, lanes.load(res + t * ep->ldr + 8 * h, h));
+      }
+      lanes.store(row + 8 * h, h, v);
+    }
+  }
+}
+
 // One 6 x 16 tile: acc = x rows (kb long; kStride 1: the rows of x in place, kMR: a packed 6-row panel,
-// see tile_6x16) x b_panel (kb x 16); y tile = (first ? bias : y tile) + acc,
-// for the mr x nr valid part; on the last K block (ep given) then activated and the residual added (res
-// points at the tile's first residual element).
+// see tile_6x16) x b_panel (kb x 16), stored by store_tile for the mr x nr valid part (res points at the
+// tile's first residual element). An edge tile (the last rows, or a last panel of fewer than 16 columns:
+// N = 180 has 11 full panels + 4 columns) goes through lane masks (a scalar loop here cost 8 % of a
+// 4096 x 360 -> 180 matmul).
 template <int kStride>
 void tile(const float* const rows[kMR], const float* b, int64_t kb, float* y, int64_t ldy, int mr, int nr, bool first,
           const float* bias, const Epilogue* ep, const float* res) {
   const vitsuite_vec::Tile tl = vitsuite_vec::tile_6x16<kStride>(rows, b, kb);
-  const auto& c = tl.c;
-  if (mr == kMR && nr == kNR) {
-    __m256 base0 = _mm256_setzero_ps(), base1 = base0;
-    if (first && bias) { base0 = _mm256_loadu_ps(bias); base1 = _mm256_loadu_ps(bias + 8); }
-    for (int t = 0; t < kMR; ++t) {
-      float* row = y + t * ldy;
-      const __m256 p0 = first ? base0 : _mm256_loadu_ps(row), p1 = first ? base1 : _mm256_loadu_ps(row + 8);
-      __m256 v0 = _mm256_add_ps(c[t][0], p0), v1 = _mm256_add_ps(c[t][1], p1);
-      if (ep) {
-        v0 = activate(v0, *ep);
-        v1 = activate(v1, *ep);
-        if (res) {
-          v0 = _mm256_add_ps(v0, _mm256_loadu_ps(res + t * ep->ldr));
-          v1 = _mm256_add_ps(v1, _mm256_loadu_ps(res + t * ep->ldr + 8));
-        }
-      }
-      _mm256_storeu_ps(row, v0);
-      _mm256_storeu_ps(row + 8, v1);
-    }
+  if (nr == kNR) {
+    store_tile(tl.c, Lanes<false>{}, y, ldy, mr, first, bias, ep, res);
     return;
   }
-  // An edge tile (the last rows, or a last panel of fewer than 16 columns: N = 180 has 11 full panels +
-  // 4 columns): the same with lane masks, only the valid mr x nr part read and written (a scalar loop
-  // here cost 8 % of a 4096 x 360 -> 180 matmul).
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i m0 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lane);
-  const __m256i m1 = _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), lane);
-  __m256 base0 = _mm256_setzero_ps(), base1 = base0;
-  if (first && bias) { base0 = _mm256_maskload_ps(bias, m0); base1 = _mm256_maskload_ps(bias + 8, m1); }
-  for (int t = 0; t < mr; ++t) {
-    float* row = y + t * ldy;
-    const __m256 p0 = first ? base0 : _mm256_maskload_ps(row, m0);
-    const __m256 p1 = first ? base1 : _mm256_maskload_ps(row + 8, m1);
-    __m256 v0 = _mm256_add_ps(c[t][0], p0), v1 = _mm256_add_ps(c[t][1], p1);
-    if (ep) {
-      v0 = activate(v0, *ep);
-      v1 = activate(v1, *ep);
-      if (res) {
-        v0 = _mm256_add_ps(v0, _mm256_maskload_ps(res + t * ep->ldr, m0));
-        v1 = _mm256_add_ps(v1, _mm256_maskload_ps(res + t * ep->ldr + 8, m1));
-      }
-    }
-    _mm256_maskstore_ps(row, m0, v0);
-    _mm256_maskstore_ps(row + 8, m1, v1);
-  }
+  const Lanes<true> lanes{_mm256_cmpgt_epi32(_mm256_set1_epi32(nr), lane),
+                          _mm256_cmpgt_epi32(_mm256_set1_epi32(nr - 8), lane)};
+  store_tile(tl.c, lanes, y, ldy, mr, first, bias, ep, res);
 }
 
 at::Tensor pack_linear_weight(const at::Tensor& w) {
