@@ -62,8 +62,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+# Kernel choices are timed in each worker process, as they were for every table in docs/models.md, not
+# taken from the kernel choice cache of earlier runs (set VITSUITE_KERNEL_CACHE to a file to use one).
+os.environ.setdefault("VITSUITE_KERNEL_CACHE", "0")
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import official as _official  # noqa: E402  (benchmarks/official.py)
+
+from vitsuite.core.env import cpu_model  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "models.json"
@@ -361,18 +367,6 @@ def rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``: speed-ups differ
-    between CPU kinds (e.g. AVX2 EPYC vs AVX-512 Xeon), so every report names its CPU."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _short(exc: BaseException) -> str:
@@ -719,9 +713,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = {
         "started": started,
         "host": {"platform": platform.platform(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                 "cpu_model": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                 "cpu_model": cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
                  # which matmul kernel the fast path chose per shape depends on the CPU (core/layers/fast.py)
                  "linear_kernel": os.environ.get("VITSUITE_LINEAR_KERNEL", "auto"),
+                 "kernel_cache": os.environ.get("VITSUITE_KERNEL_CACHE", ""),
                  "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
         "settings": {"threads": args.threads, "repeat": args.repeat, "min_time": args.min_time, "warmup": args.warmup,

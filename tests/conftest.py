@@ -9,6 +9,9 @@ from vitsuite.core.env import OFFLINE_ENV
 
 for _k, _v in OFFLINE_ENV.items():
     os.environ.setdefault(_k, _v)
+# Every test process times its own kernel choices (no file from an earlier run or the user's cache);
+# tests of the cache point it at a temporary file.
+os.environ["VITSUITE_KERNEL_CACHE"] = "0"
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.weak import WeakIdKeyDictionary
 
 from vitsuite.core import native
+from vitsuite.core.layers import kernel_cache
 
 __all__ = [
     "cpu_autocast_enabled",
@@ -319,8 +320,9 @@ def _in_dispatch_mode() -> bool:
 def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Tensor:
     """Run the candidate chosen for ``key`` - timed on the first call of that key (a close call once more
     on its first call :data:`RETUNE_AFTER_S` later; see :func:`_time_candidates`), remembered for the
-    process. Every candidate must compute the same function and return a fresh tensor (each runs
-    several times while timing). Inference only.
+    process and in the kernel choice cache (:mod:`vitsuite.core.layers.kernel_cache`), from which a later
+    process on the same machine takes it without timing. Every candidate must compute the same function
+    and return a fresh tensor (each runs several times while timing). Inference only.
 
     Calls of one shape may offer different candidates (a weight that can be packed for the native GEMM
     and one that cannot, e.g. under a dispatch mode such as the FLOP counter): when the stored choice is
@@ -334,17 +336,23 @@ def choose_kernel(key: tuple, candidates: dict[str, Callable[[], Tensor]]) -> Te
         # would be seen (FLOPs counted ~10x over): one candidate runs, nothing is stored.
         return candidates[next(iter(candidates))]()
     if name is None:
+        name = kernel_cache.lookup(key, candidates)  # timed by an earlier process in this context
+        if name is not None:
+            _CHOICE[key] = name
+            return candidates[name]()
         name, out, best = _time_candidates(candidates)
         _CHOICE[key] = name
         if len(best) > 1 and sorted(best.values())[1] < RETUNE_MARGIN * best[name]:  # a close call
             _RETUNE[key] = (time.perf_counter(), best)
+        kernel_cache.record(key, best)  # a close call's entry is replaced after its second timing
         return out
     pending = _RETUNE.get(key) if _RETUNE else None
     if pending is not None and time.perf_counter() - pending[0] >= RETUNE_AFTER_S and not _in_dispatch_mode():
         del _RETUNE[key]
         if set(pending[1]) == set(candidates):  # the same kernels on offer: time them again
-            name, out, _ = _time_candidates(candidates, prior=pending[1])
+            name, out, best = _time_candidates(candidates, prior=pending[1])
             _CHOICE[key] = name
+            kernel_cache.record(key, best)
             return out
     return candidates[name]()
 

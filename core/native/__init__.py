@@ -30,12 +30,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["attention", "available", "depthwise_nhwc", "linear_packed", "pack_linear_weight", "suspended", "why_unavailable"]
+__all__ = ["attention", "available", "depthwise_nhwc", "linear_packed", "pack_linear_weight", "source_digest", "suspended",
+           "why_unavailable"]
 
 _SOURCES = [Path(__file__).with_name(name) for name in ("attention.cpp", "depthwise_nhwc.cpp", "linear_packed.cpp")]
 _HEADERS = [Path(__file__).with_name("avx2.h")]  # included by the sources: part of the build's version
 _LOG = logging.getLogger(__name__)
-_STATE: dict[str, object] = {}  # "ok": bool, "why": str
+_STATE: dict[str, object] = {}  # "ok": bool, "why": str, "digest": str
 _SUSPENDED = [0]  # depth of suspended() contexts
 
 
@@ -45,6 +46,14 @@ def _cpu_supported() -> bool:
         return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512", "AVX512_BF16", "AMX")
     except Exception:  # very old torch: no capability query
         return False
+
+
+def source_digest() -> str:
+    """12 hex digits naming this version of the kernels' sources (and of torch): the build's name."""
+    if "digest" not in _STATE:
+        data = b"".join(p.read_bytes() for p in _SOURCES + _HEADERS) + torch.__version__.encode()
+        _STATE["digest"] = hashlib.sha256(data).hexdigest()[:12]
+    return str(_STATE["digest"])
 
 
 def _build() -> None:
@@ -59,9 +68,8 @@ def _build() -> None:
             warnings.simplefilter("ignore")
             from torch.utils import cpp_extension
 
-            digest = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES + _HEADERS) + torch.__version__.encode())
             cpp_extension.load(
-                f"vitsuite_native_{digest.hexdigest()[:12]}", [str(p) for p in _SOURCES], is_python_module=False,
+                f"vitsuite_native_{source_digest()}", [str(p) for p in _SOURCES], is_python_module=False,
                 verbose=False,
                 # -fopenmp: at::parallel_for is inlined as OpenMP regions. Nothing links a libgomp: its
                 # entry points resolve to the one torch has loaded, so both share one thread pool.
