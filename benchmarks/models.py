@@ -487,6 +487,10 @@ def run_model(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
             row["ours_error"] = _short(exc)
             traceback.print_exc()
 
+        from vitsuite.core.layers import fast as fast_path
+
+        row["kernel_choices"] = kernel_choices(fast_path._CHOICE)  # fp32 fast path (bf16 / compile make none)
+
         def bf16():
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 return call_ours(ours)()
@@ -552,6 +556,17 @@ def derive_ratios(row: dict[str, Any]) -> None:
         row["official_over_limit"] = row["official_s"] / (row.get("official_limit_s") or row["limit_s"])
 
 
+def kernel_choices(choices: Mapping[tuple, str]) -> dict[str, dict[str, int]]:
+    """How many shapes of each fast-path op went to each kernel in this process, e.g. ``{"linear":
+    {"native": 4, "mkl": 2}, "attention": {"native": 1}}`` (``core.layers.fast._CHOICE``): a choice made in a
+    slow phase of the machine can differ between processes, and with it a model's time."""
+    counts: dict[str, dict[str, int]] = {}
+    for key, name in choices.items():
+        op = counts.setdefault(str(key[0]) if key else "?", {})
+        op[name] = op.get(name, 0) + 1
+    return {op: dict(sorted(c.items())) for op, c in sorted(counts.items())}
+
+
 def merge_processes(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """One row from the same model measured in several fresh processes (``--processes``).
 
@@ -560,8 +575,8 @@ def merge_processes(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     ratio moves between processes by more than within one (on the benchmark VM, DRCT's official forward ran
     1.55-1.69 s in all calls of one process against 1.70-2.32 s in every other). The calls of all processes
     are pooled: medians of all official and all our calls, the median of all per-pair ratios, and each
-    process's own ratio kept in ``process_ratios``; max |diff|, peak RSS and matmul throughput are the
-    largest seen.
+    process's own ratio kept in ``process_ratios`` (its kernel choices in ``kernel_choices``); max |diff|,
+    peak RSS and matmul throughput are the largest seen.
     """
     timed = [r for r in rows if r.get("official_times") and r.get("ours_times")]
     if len(timed) < 2:
@@ -569,6 +584,7 @@ def merge_processes(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     row = dict(timed[0])
     row["processes"] = len(timed)
     row["process_ratios"] = [r["ratio_official_over_ours"] for r in timed]
+    row["kernel_choices"] = [r.get("kernel_choices", {}) for r in timed]  # per process
     row["official_times"] = [t for r in timed for t in r["official_times"]]
     row["ours_times"] = [t for r in timed for t in r["ours_times"]]
     row["official_s"], row["ours_s"] = statistics.median(row["official_times"]), statistics.median(row["ours_times"])

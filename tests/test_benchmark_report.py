@@ -21,8 +21,10 @@ def _row(official, ours, diff):
 def test_processes_are_pooled_call_by_call():
     a = _row([2.0, 2.2, 2.1], [1.0, 1.0, 1.1], 1e-6)  # a process where the official ran slowly: 2.1 / 1.0
     b = _row([1.5, 1.6], [1.0, 1.05], 3e-6)           # and one where it ran fast: 1.55 / 1.025
+    a["kernel_choices"] = {"linear": {"native": 3}}
     row = bench.merge_processes([a, b])
     assert row["processes"] == 2 and row["process_ratios"] == pytest.approx([2.1, 1.55 / 1.025])
+    assert row["kernel_choices"] == [{"linear": {"native": 3}}, {}]  # each process's own
     assert row["official_times"] == [2.0, 2.2, 2.1, 1.5, 1.6] and row["official_s"] == 2.0
     assert row["ours_s"] == 1.0 and row["ratio_official_over_ours"] == 2.0
     assert row["ratio_paired_median"] == statistics.median([2.0, 2.2, 2.1 / 1.1, 1.5, 1.6 / 1.05])
@@ -37,3 +39,12 @@ def test_a_process_without_timings_is_left_out():
     assert bench.merge_processes([failed, ok])["ratio_official_over_ours"] == 2.0
     assert "processes" not in bench.merge_processes([failed, ok])
     assert bench.merge_processes([failed])["status"] == "worker failed (exit 1)"
+
+
+def test_kernel_choices_are_counted_per_op_and_kernel():
+    choices = {("linear", "none", 325, 512, 1536, True): "native", ("linear", "gelu", 325, 512, 512, True): "mkl",
+               ("linear_add", 325, 512, 512, True): "native", ("attention", (1, 8, 325, 64)): "native",
+               ("linear", "none", 321, 512, 96, True): "native"}
+    assert bench.kernel_choices(choices) == {"attention": {"native": 1}, "linear": {"mkl": 1, "native": 2},
+                                             "linear_add": {"native": 1}}
+    assert bench.kernel_choices({}) == {}
