@@ -70,6 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import official as _official  # noqa: E402  (benchmarks/official.py)
 
 from vitsuite.core.env import cpu_model  # noqa: E402
+from vitsuite.core.layers import fast as fast_path  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "models.json"
@@ -486,8 +487,6 @@ def run_model(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
             row["status"] = "ours failed"
             row["ours_error"] = _short(exc)
             traceback.print_exc()
-
-        from vitsuite.core.layers import fast as fast_path
 
         row["kernel_choices"] = kernel_choices(fast_path._CHOICE)  # fp32 fast path (bf16 / compile make none)
 

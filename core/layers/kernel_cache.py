@@ -22,13 +22,13 @@ import atexit
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Optional
 
 import torch
 
 from vitsuite.core.env import cpu_model
+from vitsuite.core.fileio import atomic_write_text
 
 __all__ = ["cache_path", "lookup", "record", "save"]
 
@@ -128,15 +128,7 @@ def save() -> Optional[Path]:
     while len(entries) > MAX_ENTRIES:
         del entries[next(iter(entries))]
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".kernel-choices-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": FORMAT, "entries": entries}, f, indent=0)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write_text(path, json.dumps({"format": FORMAT, "entries": entries}, indent=0))
     except OSError as exc:  # read-only home, full disk: the next process times again
         _LOG.info("kernel choice cache not written (%s): %s", path, exc)
         return None
