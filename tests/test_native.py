@@ -323,3 +323,41 @@ def test_linear_packed_row_split(built, M, K, N):
     res = torch.randn(M, N, generator=g)
     got = native.linear_packed(x, native.pack_linear_weight(w), N, b, res, "gelu")
     torch.testing.assert_close(got, F.gelu(F.linear(x, w, b)) + res, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("M, N", [(1, 1), (7, 13), (325, 512), (33, 1000), (4, 180)])  # vector tails, rows split
+def test_layer_norm_matches_f_layer_norm(built, M, N):
+    g = torch.Generator().manual_seed(M * 1000 + N)
+    x = torch.randn(M, N + 5, generator=g)[:, 2:N + 2] * 4 + 3  # rows at a larger stride, off-centre
+    w, b = torch.randn(N, generator=g), torch.randn(N, generator=g)
+    for weight, bias, eps in ((w, b, 1e-5), (None, None, 1e-6), (w, None, 1e-3)):
+        got = native.layer_norm(x, weight, bias, eps)
+        want = F.layer_norm(x, (N,), weight, bias, eps)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+    with pytest.raises(RuntimeError, match="layer_norm: weight and bias"):
+        native.layer_norm(x, w[:-1] if N > 1 else torch.ones(2), None, 1e-5)
+    with pytest.raises(RuntimeError, match="layer_norm: x must be"):
+        native.layer_norm(x.double(), None, None, 1e-5)
+
+
+def test_fast_layer_norm_is_chosen_per_shape_and_agrees(built, monkeypatch):
+    """core's layer_norm() times the native kernel against the module in inference only; a 3-D input is
+    normalised row by row; autograd and an unsuitable norm keep the module's path."""
+    monkeypatch.setattr(fast_path, "_CHOICE", {})
+    norm = torch.nn.LayerNorm(40)
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, 9, 40)
+    want = norm(x)
+    with torch.inference_mode():
+        got = fast_path.layer_norm(x, norm, fast=True)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+        (key, chosen), = fast_path._CHOICE.items()
+        assert key == ("layer_norm", 18, 40, True, True) and chosen in ("aten", "native")
+        monkeypatch.setitem(fast_path._CHOICE, key, "native")
+        got = fast_path.layer_norm(x, norm, fast=True)
+        assert got.shape == x.shape
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=2e-6)
+        fast_path.layer_norm(x, torch.nn.LayerNorm((9, 40)), fast=True)  # two normalised dims: the module
+        fast_path.layer_norm(x, norm, fast=False)
+    assert len(fast_path._CHOICE) == 1

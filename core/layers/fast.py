@@ -572,6 +572,21 @@ def pad_heads_in(weight: Tensor, heads: int, head_dim: int, padded: int) -> Tens
     return F.pad(w, (0, padded - head_dim)).reshape(weight.shape[0], heads * padded)
 
 
+def layer_norm(x: Tensor, norm: nn.LayerNorm, fast: bool = False) -> Tensor:
+    """``norm(x)`` for ``x (..., C)``; with ``fast`` (see :func:`fast_inference`) the faster measured here
+    of ATen's LayerNorm and the native row kernel (:func:`vitsuite.core.native.layer_norm`, same
+    function, two-pass variance as ATen's), chosen per shape."""
+    if not fast or len(norm.normalized_shape) != 1 or not native.available() or x.stride(-1) != 1:
+        return norm(x)
+    c = x.shape[-1]
+    weight, bias = norm.weight, norm.bias
+    rows = x.reshape(-1, c)
+    key = ("layer_norm", rows.shape[0], c, weight is not None, bias is not None)
+    return choose_kernel(key, {
+        "aten": lambda: norm(x),
+        "native": lambda: native.layer_norm(rows, weight, bias, norm.eps).view(x.shape)})
+
+
 def mlp_residual(mlp: nn.Module, x: Tensor, residual: Tensor, fast: bool) -> Tensor:
     """``residual + mlp(x)`` for a timm ``Mlp`` with GELU (fc1 + GELU and fc2 + add fused when fast)."""
     if not fast:

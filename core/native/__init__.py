@@ -5,7 +5,8 @@
 float32 ``act(x @ W^T + b) + residual`` on a weight packed once by :func:`pack_linear_weight`
 (``linear_packed.cpp``), 1.0-1.2x MKL's sgemm on the token matmuls of the ViT family with GELU / the
 residual add in its epilogue, and :func:`attention` multi-head ``softmax(q k^T s + mask) v``
-(``attention.cpp``), 1.2-1.4x PyTorch's CPU SDPA on the zoo's attention shapes (all measured on the AMD
+(``attention.cpp``), 1.2-1.4x PyTorch's CPU SDPA on the zoo's attention shapes, and :func:`layer_norm`
+(``layer_norm.cpp``), a row LayerNorm ~1.2x ATen's on iTransformer's tokens (all measured on the AMD
 EPYC of ``docs/models.md``; shared register tile and vector math in ``avx2.h``). The extension is built once per source version with
 ``torch.utils.cpp_extension.load`` into PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``; ~15 s with a C++ compiler and ninja) and loaded with
@@ -30,10 +31,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["attention", "available", "depthwise_nhwc", "linear_packed", "pack_linear_weight", "source_digest", "suspended",
+__all__ = ["attention", "available", "depthwise_nhwc", "layer_norm", "linear_packed", "pack_linear_weight", "source_digest", "suspended",
            "why_unavailable"]
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("attention.cpp", "depthwise_nhwc.cpp", "linear_packed.cpp")]
+_SOURCES = [Path(__file__).with_name(name) for name in ("attention.cpp", "depthwise_nhwc.cpp", "layer_norm.cpp",
+                                                                "linear_packed.cpp")]
 _HEADERS = [Path(__file__).with_name("avx2.h")]  # included by the sources: part of the build's version
 _LOG = logging.getLogger(__name__)
 _STATE: dict[str, object] = {}  # "ok": bool, "why": str, "digest": str
@@ -164,6 +166,15 @@ def linear_packed(x: Tensor, packed: Tensor, n: int, bias: Optional[Tensor] = No
     if act not in _ACTS:
         raise ValueError(f"linear_packed: act must be one of {sorted(_ACTS)}, got {act!r}")
     return torch.ops.vitsuite_native.linear_packed(x, packed, int(n), bias, residual, _ACTS[act], float(slope))
+
+
+def layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float) -> Tensor:
+    """LayerNorm over the last dimension of ``x (M, N)`` float32 with contiguous rows, ``weight`` / ``bias``
+    ``(N,)`` contiguous or None -> ``(M, N)``: ``(x - mean) / sqrt(var + eps) * weight + bias`` per row,
+    the variance biased, as ``F.layer_norm`` (``layer_norm.cpp``). Raises RuntimeError (with the
+    reason) when the native kernels are unavailable here."""
+    _require()
+    return torch.ops.vitsuite_native.layer_norm(x, weight, bias, float(eps))
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, scale: float, mask: Optional[Tensor] = None) -> Tensor:

@@ -15,7 +15,7 @@ from timm.layers import Mlp
 from torch import Tensor, nn
 
 from vitsuite.core.layers.attention import Attention
-from vitsuite.core.layers.fast import fast_inference, linear, mlp_residual
+from vitsuite.core.layers.fast import fast_inference, layer_norm, linear, mlp_residual
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "forecast"
@@ -52,10 +52,11 @@ class EncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.norm1(self.attn(x, residual=x))
-        if self.gelu and not self.training and fast_inference(x):
-            # fc1 + GELU and fc2 + residual as two fused oneDNN calls (CPU fp32 inference only)
-            return self.norm2(mlp_residual(self.mlp, x, x, fast=True))
+        fast = not self.training and fast_inference(x)
+        x = layer_norm(self.attn(x, residual=x), self.norm1, fast)
+        if self.gelu and fast:
+            # fc1 + GELU and fc2 + residual as two fused calls (CPU fp32 inference only)
+            return layer_norm(mlp_residual(self.mlp, x, x, fast=True), self.norm2, fast)
         return self.norm2(x + self.mlp(x))
 
 
@@ -96,7 +97,7 @@ class ITransformer(nn.Module):
         for layer in self.layers:
             x = layer(x)
         # time-mark tokens are dropped before the head
-        out = linear(self.norm(x[:, :n_vars]), self.head.weight, self.head.bias, fast=fast)
+        out = linear(layer_norm(x[:, :n_vars], self.norm, fast), self.head.weight, self.head.bias, fast=fast)
         out = out.transpose(1, 2)                                       # (B, S, N)
         if self.cfg.use_norm:
             out = out * std + mean
