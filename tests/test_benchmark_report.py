@@ -48,3 +48,50 @@ def test_kernel_choices_are_counted_per_op_and_kernel():
     assert bench.kernel_choices(choices) == {"attention": {"native": 1}, "linear": {"mkl": 1, "native": 2},
                                              "linear_add": {"native": 1}}
     assert bench.kernel_choices({}) == {}
+
+
+def test_quiet_pairs_need_both_probes_around_them_fast():
+    probes = [100.0, 95.0, 60.0, 92.0, 99.0]  # before pairs 0..3, after pair 3
+    assert bench.quiet_pairs(probes) == [True, False, False, True]
+    assert bench.quiet_pairs(probes, reference=200.0) == [False] * 4  # against another process's fastest
+    assert bench.quiet_pairs(probes, fraction=0.5) == [True] * 4
+    assert bench.quiet_pairs([100.0]) == []
+
+
+def test_quiet_summary_takes_only_quiet_pairs():
+    summary = bench.quiet_summary([2.0, 3.0, 2.2], [1.0, 2.0, 1.0], [True, False, True])
+    assert summary == {"quiet_pairs": 2, "official_quiet_s": 2.1, "ours_quiet_s": 1.0,
+                       "ratio_quiet_median": pytest.approx(2.1)}
+    assert bench.quiet_summary([2.0], [1.0], [False]) == {"quiet_pairs": 0}
+
+
+def test_timed_pair_probes_before_each_pair_and_after_the_last():
+    calls = []
+    speeds = iter([100.0, 50.0, 100.0, 100.0, 100.0, 100.0])
+    a = lambda: calls.append("a")
+    b = lambda: calls.append("b")
+
+    def probe():
+        calls.append("p")
+        return next(speeds)
+
+    *_, probes = bench.timed_pair(a, b, warmup=0, repeat=3, min_time=0.0, probe=probe)
+    timed_calls = calls[calls.index("p"):]
+    assert timed_calls == ["p", "a", "b", "p", "a", "b", "p", "a", "b", "p"]
+    assert probes == [100.0, 50.0, 100.0, 100.0] and bench.quiet_pairs(probes) == [False, False, True]
+    assert bench.timed_pair(a, b, 0, 2, 0.0)[4] == []  # no probe, no probes
+
+
+def test_machine_probe_measures_a_positive_rate():
+    assert bench.MachineProbe(n=64, calls=2)() > 0
+
+
+def test_pooled_quiet_pairs_use_the_fastest_probe_of_all_processes():
+    a = _row([2.0, 2.0], [1.0, 1.0], 0.0)
+    a["probe_gflops"] = [100.0, 100.0, 100.0]
+    b = _row([2.0, 3.0], [2.0, 1.0], 0.0)
+    b["probe_gflops"] = [50.0, 50.0, 50.0]  # quiet by its own probes, a slow process against a's
+    assert bench.quiet_pairs(b["probe_gflops"]) == [True, True]
+    row = bench.merge_processes([a, b])
+    assert row["quiet_pairs"] == 2 and row["ratio_quiet_median"] == 2.0 and row["ratio_paired_median"] == 2.0
+    assert row["probe_gflops"] == [[100.0, 100.0, 100.0], [50.0, 50.0, 50.0]]
