@@ -11,10 +11,7 @@ with ``--compile``, of ``torch.compile(ours)``; each of ours is compared with th
 output (max |diff|). FLOPs are counted with ``torch.utils.flop_counter.FlopCounterMode`` on one
 forward of our model (of the official one when ours is missing); the physical limit is those
 FLOPs divided by the fp32 matrix-multiply throughput of the same process (2048x2048 ``a @ b``,
-same threads). Before every pair and after the last, a short matmul probes the machine's speed
-(:class:`MachineProbe`; ``--no-probe`` to skip): the pairs whose probes reached ``--quiet-fraction`` of
-the fastest one are the quiet pairs, and their median ratio is reported beside that of all pairs (this
-VM has phases in which a neighbour halves the matmul rate). Each model runs in a fresh worker process (``--in-process`` to disable), so
+same threads). Each model runs in a fresh worker process (``--in-process`` to disable), so
 peak RSS is per model and one model's allocator state does not slow the next; with ``--processes N``
 in N of them, one after the other, and their calls are pooled (:func:`merge_processes`).
 
@@ -230,55 +227,6 @@ def matmul_gflops(n: int = 2048, repeat: int = 5) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-class MachineProbe:
-    """The machine's fp32 matmul throughput right now (GFLOP/s): median of ``calls`` timed ``a @ b`` of
-    size ``n`` (512: 0.27 GFLOP, ~1.5 ms at 185 GFLOP/s, 3 MB of operands).
-
-    The benchmark VM has phases - seconds to minutes - in which a 2048^2 matmul runs at 77-160 instead
-    of ~185 GFLOP/s (no steal time in /proc/stat: a neighbour on the same physical cores). They fall on
-    code near the matmul units' peak harder than on the official modules, so a pair timed in one says
-    more about the neighbour than about the kernels. Probing before and after every pair lets the report
-    give the ratio of the quiet pairs alongside that of all pairs (:func:`quiet_pairs`)."""
-
-    def __init__(self, n: int = 512, calls: int = 3):
-        g = torch.Generator().manual_seed(2)
-        self.a, self.b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-        self.flop, self.calls = 2 * n**3, calls
-
-    def __call__(self) -> float:
-        times = []
-        with torch.inference_mode():
-            for _ in range(self.calls):
-                t0 = time.perf_counter()
-                self.a @ self.b
-                times.append(time.perf_counter() - t0)
-        return self.flop / statistics.median(times) / 1e9
-
-
-QUIET_FRACTION = 0.9  # a pair is quiet when the probes around it ran at >= this share of the fastest probe
-
-
-def quiet_pairs(probes: Sequence[float], reference: float | None = None,
-                fraction: float = QUIET_FRACTION) -> list[bool]:
-    """Which pairs ran on a quiet machine: ``probes`` has one entry before each pair and one after the
-    last (n + 1 for n pairs); pair i is quiet when both probes around it reached ``fraction`` of
-    ``reference`` (default: the fastest probe of the list)."""
-    if len(probes) < 2:
-        return []
-    ref = max(probes) if reference is None else reference
-    return [min(probes[i], probes[i + 1]) >= fraction * ref for i in range(len(probes) - 1)]
-
-
-def quiet_summary(official: Sequence[float], ours: Sequence[float], quiet: Sequence[bool]) -> dict[str, Any]:
-    """Medians of the quiet pairs' times and of their per-pair ratios (empty when no pair was quiet)."""
-    pairs = [(o, u) for o, u, q in zip(official, ours, quiet) if q]
-    if not pairs:
-        return {"quiet_pairs": 0}
-    return {"quiet_pairs": len(pairs), "official_quiet_s": statistics.median(o for o, _ in pairs),
-            "ours_quiet_s": statistics.median(u for _, u in pairs),
-            "ratio_quiet_median": statistics.median(o / u for o, u in pairs)}
-
-
 WARMUP_S = 2.5  # > RETUNE_AFTER_S of the fast path
 
 
@@ -307,23 +255,19 @@ def timed(fn: Callable[[], Any], warmup: int, repeat: int) -> tuple[float, list[
     return statistics.median(times), times, out
 
 
-def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], warmup: int, repeat: int, min_time: float,
-               probe: Callable[[], float] | None = None) -> tuple[list[float], Any, list[float], Any, list[float]]:
+def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], warmup: int, repeat: int,
+               min_time: float) -> tuple[list[float], Any, list[float], Any]:
     """Interleaved timing of two implementations: ``a, b, a, b, ...`` after the warm-up (:func:`warm_up`).
 
     At least ``repeat`` pairs, more while either side has spent under ``min_time`` seconds, so that
     a 30 ms forward is measured over dozens of calls. Alternating makes a change of machine load
-    (another process, the allocator's state) fall on both sides alike. With ``probe`` (a
-    :class:`MachineProbe`) the machine's speed is measured before every pair and after the last. Returns
-    (times a, last output a, times b, last output b, probes: one more than pairs, or empty).
+    (another process, the allocator's state) fall on both sides alike. Returns (times a, last output
+    a, times b, last output b).
     """
     out_a, out_b = warm_up([fa, fb], warmup)
     times_a: list[float] = []
     times_b: list[float] = []
-    probes: list[float] = []
     while len(times_a) < repeat or min(sum(times_a), sum(times_b)) < min_time:
-        if probe is not None:
-            probes.append(probe())
         for fn, times in ((fa, times_a), (fb, times_b)):
             t0 = time.perf_counter()
             out = fn()
@@ -332,9 +276,7 @@ def timed_pair(fa: Callable[[], Any], fb: Callable[[], Any], warmup: int, repeat
                 out_a = out
             else:
                 out_b = out
-    if probe is not None:
-        probes.append(probe())
-    return times_a, out_a, times_b, out_b, probes
+    return times_a, out_a, times_b, out_b
 
 
 def as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
@@ -510,16 +452,12 @@ def run_model(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
             pm.model_id, official, inputs, "forward", pm.call_kwargs, tensor_kwargs))
         if ours is not None:  # interleaved with ours (see timed_pair)
             try:
-                times_o, ref, times_u, out, probes = timed_pair(
-                    fn, in_mode(call_ours(ours)), args.warmup, args.repeat, args.min_time,
-                    MachineProbe() if args.probe else None)
+                times_o, ref, times_u, out = timed_pair(fn, in_mode(call_ours(ours)), args.warmup, args.repeat,
+                                                        args.min_time)
                 paired = True
                 row["official_s"], row["official_times"] = statistics.median(times_o), times_o
                 row["ours_s"], row["ours_times"] = statistics.median(times_u), times_u
                 row["ratio_paired_median"] = statistics.median(o / u for o, u in zip(times_o, times_u))
-                if probes:
-                    row["probe_gflops"], row["quiet_fraction"] = probes, args.quiet_fraction
-                    row.update(quiet_summary(times_o, times_u, quiet_pairs(probes, fraction=args.quiet_fraction)))
                 row["max_diff"], row["rel_diff"] = max_abs_diff(out, ref)
             except Exception:  # one side failed: time them apart below, which names the culprit
                 traceback.print_exc()
@@ -637,8 +575,7 @@ def merge_processes(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     1.55-1.69 s in all calls of one process against 1.70-2.32 s in every other). The calls of all processes
     are pooled: medians of all official and all our calls, the median of all per-pair ratios, and each
     process's own ratio kept in ``process_ratios`` (its kernel choices in ``kernel_choices``); max |diff|,
-    peak RSS and matmul throughput are the largest seen; a pair is quiet against the fastest probe of all
-    processes.
+    peak RSS and matmul throughput are the largest seen.
     """
     timed = [r for r in rows if r.get("official_times") and r.get("ours_times")]
     if len(timed) < 2:
@@ -651,12 +588,6 @@ def merge_processes(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     row["ours_times"] = [t for r in timed for t in r["ours_times"]]
     row["official_s"], row["ours_s"] = statistics.median(row["official_times"]), statistics.median(row["ours_times"])
     row["ratio_paired_median"] = statistics.median(o / u for r in timed for o, u in zip(r["official_times"], r["ours_times"]))
-    if all(r.get("probe_gflops") for r in timed):  # quiet pairs against the fastest probe of all processes
-        reference = max(p for r in timed for p in r["probe_gflops"])
-        fraction = timed[0].get("quiet_fraction", QUIET_FRACTION)
-        quiet = [q for r in timed for q in quiet_pairs(r["probe_gflops"], reference, fraction)]
-        row["probe_gflops"] = [r["probe_gflops"] for r in timed]  # per process
-        row.update(quiet_summary(row["official_times"], row["ours_times"], quiet))
     for key in ("max_diff", "rel_diff", "peak_rss_mb", "matmul_gflops"):
         if all(key in r for r in timed):
             row[key] = max(r[key] for r in timed)
@@ -679,7 +610,6 @@ def run_worker(pm: PaperModel, args: argparse.Namespace) -> dict[str, Any]:
         cmd.append("--time-missing")
     if not args.official_flops:
         cmd.append("--no-official-flops")
-    cmd += ["--quiet-fraction", str(args.quiet_fraction)] if args.probe else ["--no-probe"]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
@@ -707,17 +637,9 @@ def _diff(row: Mapping[str, Any], prefix: str) -> str:
     return f"{row[f'{prefix}max_diff']:.1e} ({row[f'{prefix}rel_diff']:.1e})"
 
 
-def _quiet(row: Mapping[str, Any]) -> str:
-    if "quiet_pairs" not in row:
-        return "–"
-    if not row["quiet_pairs"]:
-        return "0"
-    return f"{row['quiet_pairs']} ({row['ratio_quiet_median']:.2f}x)"
-
-
 def format_table(rows: Sequence[Mapping[str, Any]], with_compile: bool) -> str:
     head = ["model", "input", "params M", "GFLOPs (official)", "official s", "ours s", "official/ours", "pairs (paired)",
-            "quiet pairs (paired)", "max diff (rel)", "ours bf16 s", "bf16 diff (rel)"]
+            "max diff (rel)", "ours bf16 s", "bf16 diff (rel)"]
     if with_compile:
         head += ["compiled s", "compiled diff (rel)"]
     head += ["limit s", "official/limit", "ours/limit", "peak RSS MB", "status"]
@@ -728,7 +650,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], with_compile: bool) -> str:
             r["key"], r.get("input", ""), _fmt(params / 1e6 if params else None, ".2f"), _gflops(r),
             _fmt(r.get("official_s")), _fmt(r.get("ours_s")), _fmt(r.get("ratio_official_over_ours"), ".2f", "x"),
             (f"{len(r['ours_times'])} ({r['ratio_paired_median']:.2f}x)" if "ratio_paired_median" in r else "–"),
-            _quiet(r), _diff(r, ""), _fmt(r.get("ours_bf16_s")), _diff(r, "bf16_"),
+            _diff(r, ""), _fmt(r.get("ours_bf16_s")), _diff(r, "bf16_"),
         ]
         if with_compile:
             cells += [_fmt(r.get("ours_compile_s")), _diff(r, "compile_")]
@@ -770,10 +692,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="time the official module even when ours is not implemented")
     parser.add_argument("--no-official-flops", dest="official_flops", action="store_false",
                         help="do not count the official module's FLOPs (cross-check of ours; one extra forward)")
-    parser.add_argument("--no-probe", dest="probe", action="store_false",
-                        help="do not measure the machine's matmul speed around each pair (see MachineProbe)")
-    parser.add_argument("--quiet-fraction", type=float, default=QUIET_FRACTION,
-                        help="a pair counts as quiet when the probes around it reached this share of the fastest")
     parser.add_argument("--in-process", action="store_true", help="run every model in this process")
     parser.add_argument("--processes", type=int, default=1,
                         help="measure each model in this many fresh processes, calls pooled (each runs --min-time)")
@@ -817,8 +735,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "timm": timm.__version__},
         "settings": {"threads": args.threads, "repeat": args.repeat, "min_time": args.min_time, "warmup": args.warmup,
-                     "compile": args.compile, "bf16": args.bf16, "probe": args.probe,
-                     "quiet_fraction": args.quiet_fraction,
+                     "compile": args.compile, "bf16": args.bf16,
                      "official_root": str(args.official_root), "in_process": args.in_process,
                      "processes": 1 if args.in_process else max(1, args.processes)},
         "rows": rows,
