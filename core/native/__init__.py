@@ -31,11 +31,11 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["attention", "available", "depthwise_nhwc", "layer_norm", "linear_packed", "pack_linear_weight", "source_digest", "suspended",
-           "why_unavailable"]
+__all__ = ["attention", "available", "depthwise_nhwc", "layer_norm", "linear_packed", "pack_linear_weight",
+           "source_digest", "suspended", "why_unavailable"]
 
-_SOURCES = [Path(__file__).with_name(name) for name in ("attention.cpp", "depthwise_nhwc.cpp", "layer_norm.cpp",
-                                                                "linear_packed.cpp")]
+_SOURCES = [Path(__file__).with_name(name)
+            for name in ("attention.cpp", "depthwise_nhwc.cpp", "layer_norm.cpp", "linear_packed.cpp")]
 _HEADERS = [Path(__file__).with_name("avx2.h")]  # included by the sources: part of the build's version
 _LOG = logging.getLogger(__name__)
 _STATE: dict[str, object] = {}  # "ok": bool, "why": str, "digest": str
