@@ -30,6 +30,8 @@
 namespace {
 
 using vitsuite_vec::exp2_nonpositive;
+using vitsuite_vec::hmax;
+using vitsuite_vec::hsum;
 using vitsuite_vec::kMR;
 using vitsuite_vec::kNR;
 using vitsuite_vec::Tile;
@@ -37,20 +39,6 @@ using vitsuite_vec::tile_6x16;
 
 constexpr int64_t kRowsPerUnit = 8 * kMR;  // query rows per parallel work item
 constexpr int64_t kChunkBytes = 32 << 20;  // packed k / v of at most this many bytes at once
-
-inline float hmax(__m256 v) {
-  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-  m = _mm_max_ss(m, _mm_movehdup_ps(m));
-  return _mm_cvtss_f32(m);
-}
-
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
 
 struct Geometry {
   int64_t B, H, Nq, Nk, D, Dv, Pk, Pv;

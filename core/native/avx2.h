@@ -1,5 +1,5 @@
 // Shared pieces of vitsuite's AVX2 + FMA kernels: the 6 x 16 register tile of the matmuls (GEMM and
-// attention) and vectorised float32 math - 2^x (softmax, erf), erf and exact GELU (matmul epilogues). The math
+// attention), horizontal max / sum, and vectorised float32 math - 2^x (softmax, erf), erf and exact GELU (matmul epilogues). The math
 // is hand-written because these kernels keep values in registers: PyTorch's own vectorised math (ATen's
 // Vectorized / Sleef) is compiled per CPU capability inside libtorch and not an API for extensions.
 #pragma once
@@ -42,6 +42,21 @@ inline Tile tile_6x16(const float* const a[kMR], const float* b, int64_t kn) {
     c50 = _mm256_fmadd_ps(av, b0, c50); c51 = _mm256_fmadd_ps(av, b1, c51);
   }
   return Tile{{{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}}};
+}
+
+// Horizontal maximum / sum of the 8 lanes.
+inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
 }
 
 // In-register transpose of an 8 x 8 float block: r[i][j] -> r[j][i].
