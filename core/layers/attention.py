@@ -168,9 +168,21 @@ class Attention(nn.Module):
                 residual: Optional[Tensor] = None) -> Tensor:
         """``x (B, N, C)`` -> ``(B, N, C)``; plus ``residual (B, N, C)`` when given (fused into ``proj``
         on the CPU inference fast path, see :mod:`vitsuite.core.layers.fast`)."""
-        B, N, C = x.shape
         fast = not self.training and fast_inference(x)
         qkv = linear(x, self.qkv.weight, self.qkv.bias, fast=fast) if fast else self.qkv(x)
+        return self._attend(qkv, bias, mask, residual, fast)
+
+    def attend(self, qkv: Tensor, bias: Optional[Tensor] = None, mask: Optional[Tensor] = None,
+               residual: Optional[Tensor] = None) -> Tensor:
+        """The attention after the ``qkv`` projection: ``qkv (B, N, 3C)`` (q, k, v in that order, heads
+        inside each) -> ``(B, N, C)``, plus ``residual`` as in :meth:`forward`. For callers that
+        computed the projection another way (e.g. folded into a preceding linear map)."""
+        return self._attend(qkv, bias, mask, residual, not self.training and fast_inference(qkv))
+
+    def _attend(self, qkv: Tensor, bias: Optional[Tensor], mask: Optional[Tensor], residual: Optional[Tensor],
+                fast: bool) -> Tensor:
+        B, N, C3 = qkv.shape
+        C = C3 // 3
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         x = attention(q, k, v, bias=bias, mask=mask, scale=self.scale,
                       dropout_p=self.attn_drop if self.training else 0.0)
