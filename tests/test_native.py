@@ -132,8 +132,8 @@ def test_depthwise_nhwc_rectangular_and_even_kernels(built, kh, kw, pad):
                                rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("M", [1, 7, 73])
-@pytest.mark.parametrize("K", [1, 255, 257, 600])   # one and several 256-wide K blocks, ragged
+@pytest.mark.parametrize("M", [1, 7, 73, 300])  # 300: threads split the rows (few weight panels)
+@pytest.mark.parametrize("K", [1, 255, 769, 1700])   # one and several 768-wide K blocks, ragged
 @pytest.mark.parametrize("N", [1, 16, 17, 40])
 def test_linear_packed_matches_f_linear(built, M, K, N):
     g = torch.Generator().manual_seed(M * 1000 + K + N)
@@ -142,6 +142,10 @@ def test_linear_packed_matches_f_linear(built, M, K, N):
     assert packed.shape == (-(-N // 16), K, 16)
     for bias in (None, b):
         torch.testing.assert_close(native.linear_packed(x, packed, N, bias), F.linear(x, w, bias), rtol=1e-5, atol=1e-4)
+    # the epilogue (activation, residual) belongs to the last K block only
+    res = torch.randn(M, N, generator=g)
+    torch.testing.assert_close(native.linear_packed(x, packed, N, b, res, "gelu"), F.gelu(F.linear(x, w, b)) + res,
+                               rtol=1e-5, atol=1e-4)
 
 
 def test_linear_packed_checks(built):
