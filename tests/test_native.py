@@ -148,6 +148,17 @@ def test_linear_packed_matches_f_linear(built, M, K, N):
                                rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("M, K", [(7, 255), (300, 255), (300, 769)])
+def test_linear_packed_many_panels_per_thread(built, M, K):
+    """Wide outputs (63 weight panels): threads split the columns and read x's rows in place (short rows)
+    or pack them (long rows)."""
+    g = torch.Generator().manual_seed(M + K)
+    x, w, b = torch.randn(M, K, generator=g), torch.randn(1000, K, generator=g), torch.randn(1000, generator=g)
+    res = torch.randn(M, 1000, generator=g)
+    got = native.linear_packed(x, native.pack_linear_weight(w), 1000, b, res, "gelu")
+    torch.testing.assert_close(got, F.gelu(F.linear(x, w, b)) + res, rtol=1e-5, atol=1e-4)
+
+
 def test_linear_packed_checks(built):
     packed = native.pack_linear_weight(torch.randn(20, 8))
     with pytest.raises(RuntimeError, match="does not match"):
