@@ -55,7 +55,8 @@ class EncoderLayer(nn.Module):
         """``qkv (B, T, 3E)``: this layer's q/k/v projection of ``x`` when the caller computed it already
         (see :meth:`ITransformer.forward`)."""
         fast = not self.training and fast_inference(x)
-        x = layer_norm(self.attn(x, residual=x) if qkv is None else self.attn.attend(qkv, residual=x), self.norm1, fast)
+        attended = self.attn(x, residual=x) if qkv is None else self.attn.attend(qkv, residual=x)
+        x = layer_norm(attended, self.norm1, fast)
         if self.gelu and fast:
             # fc1 + GELU and fc2 + residual as two fused calls (CPU fp32 inference only)
             return layer_norm(mlp_residual(self.mlp, x, x, fast=True), self.norm2, fast)
