@@ -1,7 +1,8 @@
 // Shared pieces of vitsuite's AVX2 + FMA kernels: the 6 x 16 register tile of the matmuls (GEMM and
-// attention), horizontal max / sum, and vectorised float32 math - 2^x (softmax, erf), erf and exact GELU (matmul epilogues). The math
-// is hand-written because these kernels keep values in registers: PyTorch's own vectorised math (ATen's
-// Vectorized / Sleef) is compiled per CPU capability inside libtorch and not an API for extensions.
+// attention), horizontal max / sum, and vectorised float32 math - 2^x (softmax, erf), erf and exact
+// GELU (matmul epilogues). The math is hand-written because these kernels keep values in registers:
+// PyTorch's own vectorised math (ATen's Vectorized / Sleef) is compiled per CPU capability inside
+// libtorch and not an API for extensions.
 #pragma once
 
 #include <immintrin.h>
