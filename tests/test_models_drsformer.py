@@ -217,7 +217,7 @@ def test_mefc_fast_path_dilated_kernels_match(kernel, band_rows, monkeypatch):
 
 @pytest.mark.parametrize("heads", [1, 2])
 @pytest.mark.parametrize("bias", [False, True])
-def test_tksa_matches_explicit_topk_masks(heads, bias):
+def test_tksa_matches_explicit_topk_masks(heads, bias, monkeypatch):
     m = _randomize(drs.TopKAttention(16, heads, bias))  # C 16 or 8 per head: k = 8,10,12,12 / 4,5,6,6
     x = torch.randn(2, 16, 9, 11)
     with torch.no_grad():
@@ -225,8 +225,14 @@ def test_tksa_matches_explicit_topk_masks(heads, bias):
         got = m(x.permute(0, 2, 3, 1).contiguous())
         res = torch.randn_like(want)
         got_res = m(x.permute(0, 2, 3, 1).contiguous(), residual=res) - res  # accumulated by the last GEMM
-    got_res_grad = m(x.permute(0, 2, 3, 1).contiguous().requires_grad_(), residual=res) - res
-    for g in (got, got_res, got_res_grad):
+        # the row-band path of large maps (q k^T and the norms accumulated band by band, v stored)
+        monkeypatch.setattr(drs, "_TKSA_BANDED_BYTES", 0)
+        monkeypatch.setattr(drs, "_BAND_BYTES", 1)   # bands of 2 rows (with halos)
+        monkeypatch.setattr(drs, "_BAND_MIN_ROWS", 2)
+        got_banded = m(x.permute(0, 2, 3, 1).contiguous())
+        got_res_banded = m(x.permute(0, 2, 3, 1).contiguous(), residual=res) - res
+    got_res_grad = m(x.permute(0, 2, 3, 1).contiguous().requires_grad_(), residual=res) - res  # never banded
+    for g in (got, got_res, got_res_grad, got_banded, got_res_banded):
         assert (g - want).abs().max() <= 1e-5 * want.abs().max()
 
 
@@ -256,6 +262,7 @@ def test_batches_bands_and_grad_mode_agree(monkeypatch):
         single = model(x[1:])
         monkeypatch.setattr(drs, "_BAND_BYTES", 1)
         monkeypatch.setattr(drs, "_MEFC_BAND_BYTES", 1)
+        monkeypatch.setattr(drs, "_TKSA_BANDED_BYTES", 0)
         banded = model(x)
     y_grad = model(x)  # gradients on: no weight cache, no out= writes
     assert torch.allclose(y[1:], single, atol=1e-5)

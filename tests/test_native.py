@@ -123,6 +123,92 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
     assert "build failed" in native.why_unavailable()
 
 
+def _chain_reference(x, w1, b1, w2):
+    """dw2(relu(dw1(x) + b1)) of x (B, H, W, C) with (k, k, C) kernels, through F.conv2d."""
+    a = _reference(x, w1.permute(2, 0, 1).unsqueeze(1), b1, (w1.shape[0] // 2,) * 2, 1, True)
+    return _reference(a, w2.permute(2, 0, 1).unsqueeze(1), None, (w2.shape[0] // 2,) * 2, 1, False)
+
+
+@pytest.mark.parametrize("C", [8, 24, 48])
+@pytest.mark.parametrize("k1, k2", [(3, 3), (3, 5), (5, 3), (5, 5), (1, 7)])
+@pytest.mark.parametrize("rows", [(0, 19), (0, 4), (3, 11), (15, 19), (9, 10)])
+def test_depthwise_chain_matches_two_convolutions(built, C, k1, k2, rows):
+    """Row ranges touching the top / bottom border, inner bands, a single row; two images at a larger
+    stride; an 8-channel tail slice; bias on and off; the same arithmetic as two depthwise_nhwc calls."""
+    g = torch.Generator().manual_seed(C * 100 + k1 * 10 + k2)
+    x = torch.randn(2, 23, 13, C, generator=g)[:, 2:21]  # 19 rows, images at a larger stride
+    w1, w2, b1 = torch.randn(k1, k1, C, generator=g), torch.randn(k2, k2, C, generator=g), torch.randn(C, generator=g)
+    r0, r1 = rows
+    for b in (None, b1):
+        got = native.depthwise_chain(x, w1, b, w2, rows)
+        torch.testing.assert_close(got, _chain_reference(x, w1, b, w2)[:, r0:r1], rtol=1e-5, atol=1e-5)
+        two = native.depthwise_nhwc(native.depthwise_nhwc(x, w1, b, (k1 // 2,) * 2, 1, True), w2, None, (k2 // 2,) * 2)
+        assert torch.equal(got, two[:, r0:r1])  # bit for bit
+
+
+def test_depthwise_chain_checks(built):
+    x = torch.randn(1, 6, 5, 16)
+    w = torch.randn(3, 3, 16)
+    with pytest.raises(RuntimeError, match="outside the image"):
+        native.depthwise_chain(x, w, None, w, (2, 7))
+    with pytest.raises(RuntimeError, match="odd k"):
+        native.depthwise_chain(x, torch.randn(2, 2, 16), None, w, (0, 6))
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        native.depthwise_chain(torch.randn(1, 6, 5, 12), torch.randn(3, 3, 12), None, torch.randn(3, 3, 12), (0, 6))
+
+
+def test_core_depthwise_chain_and_rows_fallbacks_agree(built):
+    """core's depthwise_chain: native on the inference fast path, two depthwise_rows calls elsewhere
+    (autograd; channels not a multiple of 8) -- the same function."""
+    x = torch.randn(1, 17, 9, 24)
+    w1, w2, b1 = torch.randn(5, 5, 24), torch.randn(3, 3, 24), torch.randn(24)
+    want = _chain_reference(x, w1, b1, w2)[:, 4:12]
+    with torch.inference_mode():
+        fast = fast_path.depthwise_chain(x, w1, b1, w2, (4, 12))
+    with torch.enable_grad():
+        plain = fast_path.depthwise_chain(x.requires_grad_(), w1, b1, w2, (4, 12))
+        plain.sum().backward()
+    assert x.grad is not None
+    torch.testing.assert_close(fast, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(plain.detach(), want, rtol=1e-5, atol=1e-5)
+    x12, w12 = torch.randn(1, 8, 6, 12), torch.randn(3, 3, 12)
+    with torch.inference_mode():
+        got = fast_path.depthwise_chain(x12, w12, None, w12, (0, 8))
+    torch.testing.assert_close(got, _chain_reference(x12, w12, None, w12), rtol=1e-5, atol=1e-5)
+    weight = torch.randn(24, 1, 3, 3)
+    full = _reference(x, weight, None, (1, 1), 1, False)
+    for rows in ((0, 17), (0, 5), (6, 11), (16, 17)):
+        torch.testing.assert_close(fast_path.depthwise_rows(x, weight, None, rows), full[:, rows[0]:rows[1]],
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_channel_run_sum_matches_slice_adds(built):
+    """Runs of odd lengths (vector body and scalar tail), from two sources and within one, a length-1
+    run, bias and ReLU (NaN passes through as in torch.relu); the core function's fallback agrees."""
+    g = torch.Generator().manual_seed(7)
+    a, b = torch.randn(2, 3, 5, 40, generator=g), torch.randn(2, 3, 5, 24, generator=g)
+    a[0, 0, 0, 3] = float("nan")
+    runs = [(0, 19, 0, 0, 0, 20), (19, 1, 0, 19, 1, 0), (20, 23, 1, 1, 0, 17)]
+    bias = torch.randn(43, generator=g)
+    srcs = [a, b]
+    want = torch.cat([srcs[sa][..., pa:pa + n] + srcs[sb][..., pb:pb + n] for _, n, sa, pa, sb, pb in runs], -1)
+    for bi in (None, bias):
+        for relu in (False, True):
+            ref = want + bi if bi is not None else want
+            ref = F.relu(ref) if relu else ref
+            got = native.channel_run_sum(srcs, runs, 43, bi, relu)
+            torch.testing.assert_close(got, ref, equal_nan=True)
+            with torch.inference_mode():
+                torch.testing.assert_close(fast_path.channel_run_sum(srcs, runs, 43, bi, relu), ref, equal_nan=True)
+            with torch.enable_grad():
+                torch.testing.assert_close(fast_path.channel_run_sum(srcs, runs, 43, bi, relu), ref, equal_nan=True)
+    assert torch.isnan(native.channel_run_sum(srcs, runs, 43, None, True)[0, 0, 0, 3])
+    with pytest.raises(RuntimeError, match="cover"):
+        native.channel_run_sum(srcs, runs[:2], 43, None, False)
+    with pytest.raises(RuntimeError, match="past its source"):
+        native.channel_run_sum(srcs, [(0, 30, 1, 0, 0, 0)], 30, None, False)
+
+
 @pytest.mark.parametrize("kh, kw, pad", [(1, 3, (0, 1)), (3, 1, (1, 0)), (2, 4, (1, 2)), (5, 3, (0, 0))])
 def test_depthwise_nhwc_rectangular_and_even_kernels(built, kh, kw, pad):
     x = torch.randn(1, 9, 6, 16)
@@ -376,3 +462,53 @@ def test_fast_layer_norm_is_chosen_per_shape_and_agrees(built, monkeypatch):
         fast_path.layer_norm(x, torch.nn.LayerNorm((9, 40)), fast=True)  # two normalised dims: the module
         fast_path.layer_norm(x, norm, fast=False)
     assert len(fast_path._CHOICE) == 1
+
+
+def test_cpu_cache_reuses_large_blocks_and_passes_small_ones_through(built):
+    """Inside the scope, freed blocks >= 256 KB come back for the next allocation of their size (also
+    when freed after the scope ends); small ones stay with PyTorch's allocator; oneDNN's scratch memory
+    (raw allocations, freed through whichever allocator is current) works across the switch; the limit
+    frees blocks beyond it; nested scopes uninstall once; the results are the same."""
+    ops = torch.ops.vitsuite_native
+    native.empty_cpu_cache()
+    before = native.cpu_cache_stats()
+    x = torch.randn(1, 64, 48, 48).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(64, 64, 3, 3)
+    want = F.conv2d(x, w, padding=1)
+    with native.cpu_cache():
+        with native.cpu_cache():  # nested
+            assert native.cpu_cache_stats()["depth"] == before["depth"] + 2
+        assert native.cpu_cache_stats()["depth"] == before["depth"] + 1
+        big = torch.empty(300 << 10, dtype=torch.uint8)
+        small = torch.empty(1000)
+        stats = native.cpu_cache_stats()
+        assert stats["live_bytes"] >= 300 << 10 and stats["misses"] == before["misses"] + 1
+        ptr = big.data_ptr()
+        del big
+        again = torch.empty(300 << 10, dtype=torch.uint8)
+        assert again.data_ptr() == ptr and native.cpu_cache_stats()["hits"] == before["hits"] + 1
+        got = F.conv2d(x, w, padding=1)  # oneDNN, with its scratchpad
+        outlives = torch.empty(512 << 10, dtype=torch.uint8)
+    assert native.cpu_cache_stats()["depth"] == before["depth"]
+    torch.testing.assert_close(got, want)
+    cached = native.cpu_cache_stats()["cached_bytes"]
+    del outlives, again, small
+    assert native.cpu_cache_stats()["cached_bytes"] >= cached + (512 << 10) + (300 << 10)
+    assert torch.empty(512 << 10, dtype=torch.uint8).data_ptr() != 0  # the system allocator again
+    native.empty_cpu_cache()
+    assert native.cpu_cache_stats()["cached_bytes"] == 0
+    try:
+        ops.cpu_cache_set_limit(0)  # nothing kept
+        with native.cpu_cache():
+            t = torch.empty(400 << 10, dtype=torch.uint8)
+            del t
+            assert native.cpu_cache_stats()["cached_bytes"] == 0
+    finally:
+        ops.cpu_cache_set_limit(int(native._STATE.get("cache_limit", 2048) * (1 << 20)))
+
+
+def test_cpu_cache_disabled_by_environment(built, monkeypatch):
+    monkeypatch.setenv("VITSUITE_CPU_CACHE", "0")
+    depth = native.cpu_cache_stats()["depth"]
+    with native.cpu_cache():
+        assert native.cpu_cache_stats()["depth"] == depth

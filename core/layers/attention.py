@@ -25,6 +25,7 @@ __all__ = [
     "TransposedAttention",
     "topk_sparse_attention",
     "topk_sparse_probs",
+    "topk_sparse_probs_from_gram",
     "DRSFORMER_TOPK_RATIOS",
     "ChannelAttention",
 ]
@@ -254,21 +255,36 @@ def topk_sparse_probs(
     Returns:
         ``(B, heads, C, C)``; a model may fold it into its output projection instead of ``@ v``.
     """
-    C = int(q.shape[-2])  # a Python int also while tracing for export
+    # Logits are needed explicitly for top-k, so this path computes softmax by hand instead of SDPA.
+    # cos(q_i, k_j) as (q k^T) / (|q_i| |k_j|): the same value as normalising q and k first (up to float
+    # rounding), without two normalised (C, HW) copies -- q, k are usually strided views of one qkv.
+    # Norms as sqrt of summed squares: on the strided q, k views linalg.vector_norm's reduction runs ~3x
+    # slower (5.4 vs 1.4 ms for both at 128x128x96).
+    return topk_sparse_probs_from_gram(q @ k.transpose(-2, -1), q.square().sum(-1), k.square().sum(-1),
+                                       temperature, k_values, weights)
+
+
+def topk_sparse_probs_from_gram(
+    gram: Tensor,
+    q_sq: Tensor,
+    k_sq: Tensor,
+    temperature: Union[Tensor, float],
+    k_values: Sequence[Union[int, float, Fraction]] = DRSFORMER_TOPK_RATIOS,
+    weights: Optional[Sequence[Union[Tensor, float]]] = None,
+) -> Tensor:
+    """:func:`topk_sparse_probs` from ``gram = q k^T (B, heads, C, C)`` and the squared norms ``q_sq``,
+    ``k_sq (B, heads, C)`` (sums of squares over the pixels), e.g. accumulated over row bands of a large
+    map so that q and k never exist whole. Returns ``(B, heads, C, C)``."""
+    C = int(gram.shape[-1])  # a Python int also while tracing for export
     counts = [kv if isinstance(kv, int) else int(C * kv) for kv in k_values]
     if not counts or min(counts) < 1 or max(counts) > C:
         raise ValueError(f"top-k counts {counts} must lie in [1, {C}]")
     if weights is None:
         weights = [1.0] * len(counts)
-    # Logits are needed explicitly for top-k, so this path computes softmax by hand instead of SDPA.
-    # cos(q_i, k_j) as (q k^T) / (|q_i| |k_j|): the same value as normalising q and k first (up to float
-    # rounding), without two normalised (C, HW) copies -- q, k are usually strided views of one qkv.
     eps = 1e-12  # F.normalize's default
-    # Norms as sqrt of summed squares: on the strided q, k views linalg.vector_norm's reduction runs ~3x
-    # slower (5.4 vs 1.4 ms for both at 128x128x96).
-    q_norm = q.square().sum(-1).sqrt().clamp_min(eps)
-    k_norm = k.square().sum(-1).sqrt().clamp_min(eps)
-    logits = (q @ k.transpose(-2, -1)) / q_norm.unsqueeze(-1) / k_norm.unsqueeze(-2) * temperature
+    q_norm = q_sq.sqrt().clamp_min(eps)
+    k_norm = k_sq.sqrt().clamp_min(eps)
+    logits = gram / q_norm.unsqueeze(-1) / k_norm.unsqueeze(-2) * temperature
     # One sorted top-k with the largest k gives every smaller top-k as a prefix. Scatter each
     # selected column's rank; "column j is in the top-k" is then simply rank < k.
     kmax = max(counts)

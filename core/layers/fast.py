@@ -17,6 +17,7 @@ kernels and the native AVX2 kernel of :mod:`vitsuite.core.native`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Callable, Optional, Sequence
@@ -48,6 +49,10 @@ __all__ = [
     "choose_kernel",
     "polyphase_depthwise_conv2d",
     "depthwise_conv2d",
+    "depthwise_rows",
+    "depthwise_chain",
+    "channel_run_sum",
+    "inference_memory",
 ]
 
 
@@ -443,6 +448,50 @@ def _relu_(y: Tensor, relu: bool) -> Tensor:
     return y.relu_() if relu else y
 
 
+def depthwise_rows(x: Tensor, weight: Tensor, bias: Optional[Tensor], rows: tuple[int, int], dilation: int = 1,
+                   relu: bool = False) -> Tensor:
+    """Rows ``rows[0]:rows[1]`` of the depthwise "same" convolution (odd square kernel, zero padding) of a
+    channels-last map, then ReLU when ``relu``: ``x (B, H, W, C)``, ``weight (C, 1, k, k)`` ->
+    ``(B, rows[1] - rows[0], W, C)``, each image contiguous.
+
+    Reads only the input rows the kernel needs; zero padding applies at the image border alone, so a
+    band's rows equal those of the whole convolution (row-band processing of large maps). The kernel is
+    :func:`depthwise_conv2d`'s choice.
+    """
+    r0, r1 = rows
+    p, H = dilation * (weight.shape[-1] // 2), x.shape[1]
+    i0, i1 = max(r0 - p, 0), min(r1 + p, H)
+    m = max(p - (r0 - i0), p - (i1 - r1))  # zero rows needed beyond the image (symmetric conv padding)
+    y = depthwise_conv2d(x[:, i0:i1].permute(0, 3, 1, 2), weight, bias, (m, p), dilation, relu)
+    y = y.permute(0, 2, 3, 1).contiguous()
+    j0 = r0 - i0 + m - p
+    return y if y.shape[1] == r1 - r0 else y[:, j0:j0 + r1 - r0]
+
+
+def depthwise_chain(x: Tensor, weight1: Tensor, bias1: Optional[Tensor], weight2: Tensor,
+                    rows: tuple[int, int]) -> Tensor:
+    """Rows ``rows[0]:rows[1]`` of ``dw2(relu(dw1(x) + bias1))``, two depthwise "same" convolutions (odd
+    square kernels, stride 1, zero padding; the intermediate is zero outside the image) of a channels-last
+    map: ``x (B, H, W, C)``, ``weight1 (k1, k1, C)``, ``weight2 (k2, k2, C)`` (kernels channels-last, i.e. a
+    conv weight ``w (C, 1, k, k)`` as ``w[:, 0].permute(1, 2, 0)``), ``bias1 (C,)`` or None ->
+    ``(B, rows[1] - rows[0], W, C)``.
+
+    On the CPU inference fast path with the native kernels (C a multiple of 8, contiguous images) one
+    pass of :func:`vitsuite.core.native.depthwise_chain` (the intermediate stays in cache; 1.5-2x the two
+    calls); elsewhere two :func:`depthwise_rows` calls, the same arithmetic.
+    """
+    r0, r1 = rows
+    B, H, W, C = x.shape
+    if (fast_inference(x) and C % 8 == 0 and x.stride(3) == 1 and x.stride(2) == C and x.stride(1) == W * C
+            and weight1.dtype == weight2.dtype == torch.float32 and (bias1 is None or bias1.dtype == torch.float32)
+            and native.available()):
+        return native.depthwise_chain(x, weight1.contiguous(), bias1, weight2.contiguous(), rows)
+    halo = weight2.shape[0] // 2
+    s0, s1 = max(r0 - halo, 0), min(r1 + halo, H)  # intermediate rows the second convolution reads
+    a = depthwise_rows(x, weight1.permute(2, 0, 1).unsqueeze(1), bias1, (s0, s1), relu=True)
+    return depthwise_rows(a, weight2.permute(2, 0, 1).unsqueeze(1), None, (r0 - s0, r1 - s0))
+
+
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], act: str = "none",
            slope: float = 0.01, fast: bool = False) -> Tensor:
     """``act(x @ weight.T + bias)`` with ``act`` in ``none`` / ``gelu`` (exact) / ``leaky_relu``.
@@ -654,3 +703,29 @@ def use_winograd(x: Tensor) -> bool:
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
             and not cpu_autocast_enabled() and not graph_capture()
             and x.shape[-2] * x.shape[-1] >= _WINO_MIN_PIXELS)
+
+
+def channel_run_sum(srcs: Sequence[Tensor], runs: Sequence[tuple[int, int, int, int, int, int]], width: int,
+                    bias: Optional[Tensor] = None, relu: bool = False) -> Tensor:
+    """Sums of channel runs of channels-last maps: for each run ``(dst, length, src_a, pos_a, src_b, pos_b)``
+    (covering ``[0, width)`` in order), ``out[..., dst:dst + length] = srcs[src_a][..., pos_a:pos_a + length]
+    + srcs[src_b][..., pos_b:pos_b + length]``, then ``+ bias`` and ReLU when given: ``srcs`` ``(B, H, W, C_i)``
+    -> ``(B, H, W, width)`` (e.g. a 2-input grouped convolution's member sums).
+
+    On the CPU inference fast path one pass of :func:`vitsuite.core.native.channel_run_sum`; elsewhere
+    slice adds and a concatenation (the same arithmetic).
+    """
+    if (all(fast_inference(t) and t.stride(3) == 1 and t.stride(2) == t.shape[3]
+            and t.stride(1) == t.shape[2] * t.shape[3] for t in srcs)
+            and (bias is None or bias.dtype == torch.float32) and native.available()):
+        return native.channel_run_sum(list(srcs), list(runs), width, bias, relu)
+    y = torch.cat([srcs[a][..., pa:pa + n] + srcs[b][..., pb:pb + n] for _, n, a, pa, b, pb in runs], -1)
+    if bias is not None:
+        y = y + bias
+    return F.relu(y) if relu else y
+
+
+def inference_memory(x: Tensor) -> contextlib.AbstractContextManager:
+    """:func:`vitsuite.core.native.cpu_cache` (large temporaries reuse freed blocks instead of faulting in
+    new pages) on the CPU inference fast path of ``x``; a null context elsewhere."""
+    return native.cpu_cache() if fast_inference(x) else contextlib.nullcontext()

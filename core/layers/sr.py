@@ -42,8 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import attention
-from .fast import (derived, fast_inference, inplace_ok, keep_alive, linear, linear_add, pad_heads_in, pad_heads_out,
-                   padded_head_dim, tensor_key)
+from .fast import (derived, fast_inference, inference_memory, inplace_ok, keep_alive, linear, linear_add, pad_heads_in,
+                   pad_heads_out, padded_head_dim, tensor_key)
 from .windows import _RelPosBiasMixin, to_2tuple
 
 __all__ = [
@@ -190,6 +190,10 @@ class PixelShuffleSR(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, in_chans, H, W) -> (B, in_chans, upscale*H, upscale*W)``."""
+        with inference_memory(x):  # large temporaries reuse freed blocks (no page faults) on the fast path
+            return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_chans:
             raise ValueError(f"expected (B, {self.in_chans}, H, W), got {tuple(x.shape)}")
         H, W = x.shape[-2:]

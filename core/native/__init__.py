@@ -31,11 +31,13 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["attention", "available", "depthwise_nhwc", "layer_norm", "linear_packed", "pack_linear_weight",
+__all__ = ["attention", "available", "channel_run_sum", "cpu_cache", "cpu_cache_stats", "depthwise_chain",
+           "depthwise_nhwc", "empty_cpu_cache", "layer_norm", "linear_packed", "pack_linear_weight",
            "source_digest", "suspended", "why_unavailable"]
 
 _SOURCES = [Path(__file__).with_name(name)
-            for name in ("attention.cpp", "depthwise_nhwc.cpp", "layer_norm.cpp", "linear_packed.cpp")]
+            for name in ("attention.cpp", "channel_runs.cpp", "cpu_cache.cpp", "depthwise_nhwc.cpp", "layer_norm.cpp",
+                         "linear_packed.cpp")]
 _HEADERS = [Path(__file__).with_name("avx2.h")]  # included by the sources: part of the build's version
 _LOG = logging.getLogger(__name__)
 _STATE: dict[str, object] = {}  # "ok": bool, "why": str, "digest": str
@@ -120,6 +122,43 @@ def _require() -> None:
         raise RuntimeError(f"vitsuite native kernels unavailable: {why_unavailable()}")
 
 
+@contextlib.contextmanager
+def cpu_cache():
+    """Within this context PyTorch's CPU tensors of 256 KB or more come from a cache of freed blocks
+    (``cpu_cache.cpp``): a forward that repeats its shapes allocates no new pages (glibc mmaps or trims
+    large blocks, so each forward otherwise re-faults its large temporaries: ~8 % of DRSformer's time on
+    the VMs of docs/models.md). Blocks made inside return to the cache when freed, inside or outside;
+    at most ``VITSUITE_CPU_CACHE_MB`` (default 2048) stay cached; :func:`empty_cpu_cache` frees them.
+    A no-op when the native kernels are unavailable or ``VITSUITE_CPU_CACHE=0``. Nests; thread-safe."""
+    entered = False
+    if os.environ.get("VITSUITE_CPU_CACHE", "1").strip().lower() not in ("0", "false", "no", "off") and available():
+        if "cache_limit" not in _STATE:
+            mb = float(os.environ.get("VITSUITE_CPU_CACHE_MB", "2048"))
+            torch.ops.vitsuite_native.cpu_cache_set_limit(int(mb * (1 << 20)))
+            _STATE["cache_limit"] = mb
+        entered = bool(torch.ops.vitsuite_native.cpu_cache_enter())
+    try:
+        yield
+    finally:
+        if entered:
+            torch.ops.vitsuite_native.cpu_cache_exit()
+
+
+def cpu_cache_stats() -> dict[str, int]:
+    """``cached_bytes`` (free blocks kept), ``live_bytes`` (blocks in use), ``hits``, ``misses``,
+    ``depth`` (open :func:`cpu_cache` scopes); zeros when the native kernels are unavailable."""
+    keys = ("cached_bytes", "live_bytes", "hits", "misses", "depth")
+    if not available():
+        return dict.fromkeys(keys, 0)
+    return dict(zip(keys, (int(v) for v in torch.ops.vitsuite_native.cpu_cache_stats())))
+
+
+def empty_cpu_cache() -> None:
+    """Free every block :func:`cpu_cache` keeps (blocks in use return to the cache when freed)."""
+    if available():
+        torch.ops.vitsuite_native.cpu_cache_empty()
+
+
 def why_unavailable() -> str:
     """The reason :func:`available` is False ('' when it is True)."""
     if available():
@@ -142,6 +181,40 @@ def depthwise_nhwc(x: Tensor, weight: Tensor, bias: Optional[Tensor], padding: t
     _require()
     return torch.ops.vitsuite_native.depthwise_nhwc(x, weight, bias, int(padding[0]), int(padding[1]),
                                                     int(dilation), bool(relu))
+
+
+def depthwise_chain(x: Tensor, weight1: Tensor, bias1: Optional[Tensor], weight2: Tensor,
+                    rows: tuple[int, int]) -> Tensor:
+    """Rows ``rows[0]:rows[1]`` of ``dw2(relu(dw1(x) + bias1))``: two depthwise "same" convolutions
+    (stride 1, zero padding, odd square kernels) in one pass, the intermediate kept in a few rows of cache.
+
+    Args:
+        x: (B, H, W, C) float32 CPU tensor, each image contiguous (any batch stride), C a multiple of 8.
+        weight1, weight2: (k1, k1, C) and (k2, k2, C) contiguous float32 (conv weights permuted).
+        bias1: (C,) or None.
+    Returns:
+        (B, rows[1] - rows[0], W, C), equal to two :func:`depthwise_nhwc` calls bit for bit.
+    Raises RuntimeError (with the reason) when the native kernels are unavailable here.
+    """
+    _require()
+    return torch.ops.vitsuite_native.depthwise_chain(x, weight1, bias1, weight2, int(rows[0]), int(rows[1]))
+
+
+def channel_run_sum(srcs: list[Tensor], runs: list[tuple[int, int, int, int, int, int]], width: int,
+                    bias: Optional[Tensor] = None, relu: bool = False) -> Tensor:
+    """Sums of channel runs in one pass (``channel_runs.cpp``): for each run ``(dst, length, src_a, pos_a,
+    src_b, pos_b)``, ``out[..., dst + i] = act(srcs[src_a][..., pos_a + i] + srcs[src_b][..., pos_b + i] +
+    bias[dst + i])`` for ``i < length``; the runs cover ``[0, width)`` in order.
+
+    Args:
+        srcs: (B, H, W, C_i) float32 CPU tensors of one spatial size, each image contiguous.
+        bias: (width,) or None; ``relu`` applies ReLU last.
+    Returns:
+        (B, H, W, width). Raises RuntimeError (with the reason) when the native kernels are unavailable here.
+    """
+    _require()
+    flat = [int(v) for run in runs for v in run]
+    return torch.ops.vitsuite_native.channel_run_sum(list(srcs), flat, int(width), bias, bool(relu))
 
 
 def pack_linear_weight(weight: Tensor) -> Tensor:

@@ -19,7 +19,7 @@ from torchvision.models.resnet import BasicBlock
 
 from vitsuite.core.checkpoint import builds_layout
 from vitsuite.core.layers import ViTBlock
-from vitsuite.core.layers.fast import use_winograd, winograd_conv3x3
+from vitsuite.core.layers.fast import inference_memory, use_winograd, winograd_conv3x3
 from vitsuite.core.layers.resnet import channels_last_safe, init_resnet_, resnet_stage
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
@@ -166,6 +166,10 @@ class ParaTransCNN(nn.Module):
         self.to(memory_format=self.memory_format)
 
     def forward(self, x: Tensor) -> Tensor:
+        with inference_memory(x):  # large temporaries reuse freed blocks (no page faults) on the fast path
+            return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[-2:]
         if H % 16 or W % 16 or x.shape[1] != 3:
             raise ValueError(f"ParaTransCNN needs a (B, 3, H, W) input with H, W multiples of 16, got {tuple(x.shape)}")

@@ -31,13 +31,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vitsuite.core.layers.attention import DRSFORMER_TOPK_RATIOS, topk_sparse_probs
-from vitsuite.core.layers.fast import depthwise_conv2d, fast_inference, graph_capture, linear, linear_add
+from vitsuite.core.layers.attention import DRSFORMER_TOPK_RATIOS, topk_sparse_probs_from_gram
+from vitsuite.core.layers.fast import (channel_run_sum, depthwise_chain, depthwise_conv2d, depthwise_rows,
+                                       fast_inference, graph_capture, inference_memory, linear, linear_add)
 from vitsuite.core.registry import ModelSpec, OfficialSpec, register_model, register_official
 
 FIELD = "restoration"
 _BAND_BYTES = 2 << 20  # MSFN depthwise stages run on row bands of about this many bytes per tensor
 _BAND_MIN_ROWS = 8
+_TKSA_BANDED_BYTES = 4 << 20  # TKSA runs on row bands when its whole-map q, k, v would exceed this
 _MEFC_BAND_BYTES = 2 << 20  # MEFC experts' outputs per band: the eight of them stay in cache for their GEMMs
 
 
@@ -76,23 +78,6 @@ def _pointwise(x: Tensor, conv: nn.Conv2d) -> Tensor:
     """A 1x1 ``conv`` applied to ``(B, H, W, Cin)`` as one GEMM -> ``(B, H, W, Cout)`` (oneDNN on the CPU
     inference fast path: ~2x MKL's sgemm for these narrow widths)."""
     return linear(x, conv.weight.flatten(1), conv.bias, fast=not conv.training and fast_inference(x))
-
-
-def _depthwise_rows(x: Tensor, weight: Tensor, bias: Tensor | None, r0: int, r1: int, dilation: int = 1,
-                    relu: bool = False) -> Tensor:
-    """Rows r0..r1-1 of the depthwise "same" conv of ``x (B, H, W, C)`` (then ReLU when ``relu``) ->
-    ``(B, r1 - r0, W, C)``.
-
-    Reads only the rows the kernel needs; zero padding applies at the image border alone, so a band's
-    rows equal those of the full convolution.
-    """
-    p, H = dilation * (weight.shape[-1] // 2), x.shape[1]
-    i0, i1 = max(r0 - p, 0), min(r1 + p, H)
-    m = max(p - (r0 - i0), p - (i1 - r1))  # zero rows needed beyond the image (symmetric conv padding)
-    # core's timed choice of oneDNN's kernel, the native AVX2 one or (dilated) the polyphase form
-    y = _nhwc(depthwise_conv2d(_nchw(x[:, i0:i1]), weight, bias, (m, p), dilation, relu))
-    j0 = r0 - i0 + m - p
-    return y if y.shape[1] == r1 - r0 else y[:, j0:j0 + r1 - r0]
 
 
 def _avg_pool3_rows(x: Tensor, r0: int, r1: int) -> Tensor:
@@ -169,22 +154,55 @@ class TopKAttention(nn.Module):
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """Plus ``residual (B, H, W, c)`` when given (accumulated by the last GEMM on the fast path)."""
         B, H, W, c = x.shape
-        qkv = _spatial(_pointwise(x, self.qkv), self.qkv_dwconv)                     # (B, H, W, 3c)
-        # (3, B, heads, C, HW) strided views, no copy: pixels become the feature axis.
         heads, C = self.num_heads, c // self.num_heads
-        q, k, v = qkv.view(B, H * W, 3, heads, C).permute(2, 0, 3, 4, 1).unbind(0)
+        fast = not self.training and fast_inference(x)
+        if fast and not graph_capture() and H * W * 3 * c * x.element_size() > _TKSA_BANDED_BYTES:
+            gram, q_sq, k_sq, v = self._banded_gram(x)
+        else:
+            qkv = _spatial(_pointwise(x, self.qkv), self.qkv_dwconv)                 # (B, H, W, 3c)
+            # (3, B, heads, C, HW) strided views, no copy: pixels become the feature axis.
+            q, k, _ = qkv.view(B, H * W, 3, heads, C).permute(2, 0, 3, 4, 1).unbind(0)
+            gram, q_sq, k_sq = q @ k.transpose(-2, -1), q.square().sum(-1), k.square().sum(-1)
+            v = qkv.view(B, H * W, 3 * c)[..., 2 * c:]                                # (B, HW, c)
         # The mixed top-k probabilities sum_i attn_i P_i (B, heads, C, C) are folded into
         # project_out, so the pixels meet a single (c x c) GEMM instead of probs @ v then project_out.
-        probs = topk_sparse_probs(q, k, self.temperature, self.topk,
-                                  (self.attn1, self.attn2, self.attn3, self.attn4))
+        probs = topk_sparse_probs_from_gram(gram, q_sq, k_sq, self.temperature, self.topk,
+                                            (self.attn1, self.attn2, self.attn3, self.attn4))
         w = torch.einsum("ohi,bhij->bhjo", self.project_out.weight.view(c, heads, C), probs).reshape(B, c, c)
-        v = qkv.view(B, H * W, 3 * c)[..., 2 * c:]                                    # (B, HW, c)
-        fused = residual is not None and not self.training and fast_inference(x)  # not under autocast
+        fused = residual is not None and fast  # not under autocast
+        v = v.reshape(B, H * W, c)
         y = torch.baddbmm(residual.reshape(B, H * W, c), v, w) if fused else torch.bmm(v, w)  # v @ W'^T
         if self.project_out.bias is not None:
             y = y + self.project_out.bias
         y = y.view(B, H, W, c)
         return y if fused or residual is None else residual + y
+
+    def _banded_gram(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q k^T per head ``(B, heads, C, C)``, the squared norms of q and k ``(B, heads, C)`` and v
+        ``(B, H, W, c)`` of ``x (B, H, W, c)``, computed on row bands (inference only).
+
+        A large map's q, k and v are never whole: each band's 1x1 GEMM (plus one halo row each side) and
+        3x3 depthwise conv run on cache-resident rows, q k^T and the norms accumulate band by band (the
+        same sums in another order), and only v is stored. On a 128 x 128 x 96 map the whole-map path
+        writes and re-reads two 19 MB tensors.
+        """
+        B, H, W, c = x.shape
+        heads, C = self.num_heads, c // self.num_heads
+        gram = x.new_zeros(B, heads, C, C)
+        q_sq, k_sq = x.new_zeros(B, heads, C), x.new_zeros(B, heads, C)
+        v = x.new_empty(B, H, W, c)
+        w_qkv, b_qkv = self.qkv.weight.flatten(1), self.qkv.bias
+        dw = self.qkv_dwconv
+        for r0, r1 in _row_bands(H, W * 3 * c * x.element_size(), _BAND_BYTES):
+            i0, i1 = max(r0 - 1, 0), min(r1 + 1, H)  # the 3x3 conv's halo rows, zero padding only at the image border
+            t = linear(x[:, i0:i1], w_qkv, b_qkv, fast=True)                          # (B, i1 - i0, W, 3c)
+            qkv = depthwise_rows(t, dw.weight, dw.bias, (r0 - i0, r1 - i0)).view(B, -1, 3, heads, C)
+            q, k = qkv[:, :, 0], qkv[:, :, 1]                                            # (B, n, heads, C)
+            gram += q.permute(0, 2, 3, 1) @ k.transpose(1, 2)
+            q_sq += q.square().sum(1)
+            k_sq += k.square().sum(1)
+            v[:, r0:r1] = qkv[:, :, 2].reshape(B, r1 - r0, W, c)
+        return gram, q_sq, k_sq, v
 
 
 def _rows(t: Tensor, idx: Tensor, n: int) -> Tensor:
@@ -242,6 +260,9 @@ class MixedScaleFFN(nn.Module):
         # kernel index (2g + member) of the a3 / a5 inputs in stored order.
         self.register_buffer("perm", torch.cat([order, order + h]), persistent=False)
         self.runs = _pair_runs(h)
+        # the same runs over the four mixer inputs [u3_a, u5_a, u3_b, u5_b] of both halves, output channel first
+        self.sum_runs = tuple((o + g0, g1 - g0, 2 * i + sa, pa, 2 * i + sb, pb)
+                              for i, o in enumerate((0, h)) for g0, g1, sa, pa, sb, pb in self.runs)
         # Each half is stored with its width rounded up to 16 (zero kernels in the extra channels, never
         # read): MKL's GEMM runs ~2x slower when the output width is odd (h = 127, 255, 1021 here).
         self.stored = -(-h // 16) * 16
@@ -252,7 +273,7 @@ class MixedScaleFFN(nn.Module):
 
     def _weights(self) -> list[tuple[Tensor, ...]]:
         """Per half: project_in rows, stage-1 3x3 / 5x5 kernels (+ biases), mixer kernels for the a3 / a5
-        inputs -- permuted and zero-padded to the stored width. Cached while gradients are off (the key
+        inputs -- permuted and zero-padded to the stored width, kernels channels-last ``(k, k, stored)``. Cached while gradients are off (the key
         holds every parameter's version, so optimiser steps and state-dict loads invalidate it)."""
         params = [p for p in self.parameters()]
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
@@ -260,8 +281,8 @@ class MixedScaleFFN(nn.Module):
             return self._cache
         n, h, perm = self.stored, self.hidden, self.perm
 
-        def dw(weight: Tensor, idx: Tensor) -> Tensor:  # depthwise kernels weight.flatten(0, 1)[idx], padded
-            return _rows(weight.flatten(0, 1), idx, n).unsqueeze(1)
+        def dw(weight: Tensor, idx: Tensor) -> Tensor:  # kernels weight.flatten(0, 1)[idx], padded, as (k, k, n)
+            return _rows(weight.flatten(0, 1), idx, n).permute(1, 2, 0).contiguous()
 
         def rows(t: Tensor | None, idx: Tensor) -> Tensor | None:
             return None if t is None else _rows(t, idx, n)
@@ -279,30 +300,15 @@ class MixedScaleFFN(nn.Module):
 
     def _mixed(self, zs: Sequence[Tensor], weights: list[tuple[Tensor, ...]], r0: int, r1: int) -> Tensor:
         """ReLU of both mixers' outputs for image rows r0..r1-1 -> ``(B, r1 - r0, W, 2h)``."""
-        h, (B, H, W, _) = self.hidden, zs[0].shape
-        pieces: list[Tensor] = []
-        # Without autograd the sums are written straight into the buffer project_out reads (not while
-        # tracing for export: the tracer does not follow out= writes into views).
-        fused = not (torch.is_grad_enabled() or graph_capture())
-        pq = zs[0].new_empty(B, r1 - r0, W, 2 * h) if fused else None
-        for o, z, (_, _, k3, b3, k5, b5, m3, m5) in zip((0, h), zs, weights):
-            halo = m3.shape[-1] // 2
-            s0, s1 = max(r0 - halo, 0), min(r1 + halo, H)   # stage-1 rows the mixer needs
-            a3 = _depthwise_rows(z, k3, b3, s0, s1, relu=True)
-            a5 = _depthwise_rows(z, k5, b5, s0, s1, relu=True)
-            u = (_depthwise_rows(a3, m3, None, r0 - s0, r1 - s0), _depthwise_rows(a5, m5, None, r0 - s0, r1 - s0))
-            for g0, g1, sa, pa, sb, pb in self.runs:
-                n = g1 - g0
-                first, second = u[sa][..., pa:pa + n], u[sb][..., pb:pb + n]
-                if pq is None:
-                    pieces.append(first + second)
-                else:
-                    torch.add(first, second, out=pq[..., o + g0:o + g1])
-        if pq is None:
-            pq = torch.cat(pieces, -1)
+        us = []
+        for z, (_, _, k3, b3, k5, b5, m3, m5) in zip(zs, weights):
+            # each scale's stage-1 conv (+ReLU) and its mixer conv in one pass (the 3x3 / 5x5 "a3" / "a5"
+            # maps never reach memory), then every group's two members summed, biased and ReLU'd at once
+            us += [depthwise_chain(z, k3, b3, m3, (r0, r1)), depthwise_chain(z, k5, b5, m5, (r0, r1))]
+        bias = None
         if self.dwconv3x3_1.bias is not None:
-            pq = pq + torch.cat([self.dwconv3x3_1.bias, self.dwconv5x5_1.bias])
-        return F.relu(pq, inplace=True)
+            bias = torch.cat([self.dwconv3x3_1.bias, self.dwconv5x5_1.bias])
+        return channel_run_sum(us, self.sum_runs, 2 * self.hidden, bias, relu=True)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         """Plus ``residual (B, H, W, dim)`` when given (fused into ``project_out`` on the fast path)."""
@@ -410,8 +416,8 @@ class OperationLayer(nn.Module):
         for r0, r1 in row_bands:
             xb = x[:, r0:r1]
             feats = [F.relu(F.linear(xb, first))]
-            feats += [_depthwise_rows(t, e.op[3].weight, None, r0, r1) for t, e in zip(halves, self._ops[1:4])]
-            feats += [_depthwise_rows(x, e.op[0].weight, None, r0, r1, dilation=2) for e in self._ops[4:7]]
+            feats += [depthwise_rows(t, e.op[3].weight, None, (r0, r1)) for t, e in zip(halves, self._ops[1:4])]
+            feats += [depthwise_rows(x, e.op[0].weight, None, (r0, r1), dilation=2) for e in self._ops[4:7]]
             feats.append(_avg_pool3_rows(x, r0, r1))
             dt = torch.promote_types(feats[0].dtype, feats[-1].dtype)  # in-place GEMMs need one dtype (autocast)
             m, n = mix.to(dt), (r1 - r0) * W
@@ -563,6 +569,10 @@ class DRSformer(nn.Module):
         return F.pad(x, (0, pw, 0, ph), mode=mode)
 
     def forward(self, x: Tensor) -> Tensor:
+        with inference_memory(x):  # large temporaries reuse freed blocks (no page faults) on the fast path
+            return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         H, W = x.shape[-2:]
         inp = self._pad(x).contiguous(memory_format=torch.channels_last)
         e1 = _nhwc(self.patch_embed.proj(inp))
