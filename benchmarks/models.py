@@ -321,6 +321,18 @@ def _native_depthwise_flop(*args, out_val=None, **kwargs) -> int:
 _native_depthwise_flop._get_raw = True
 
 
+def _native_depthwise_chain_flop(x, w1, b1, w2, row0, row1, out_val=None, **kwargs) -> int:
+    """``vitsuite_native.depthwise_chain``: the first convolution on the intermediate rows the second
+    reads (its halo rows inside the image), then the second on the output rows."""
+    B, H, W, C = x.shape
+    halo = w2.shape[0] // 2
+    rows1 = min(row1 + halo, H) - max(row0 - halo, 0)
+    return 2 * B * rows1 * W * C * w1.shape[0] * w1.shape[1] + 2 * out_val.numel() * w2.shape[0] * w2.shape[1]
+
+
+_native_depthwise_chain_flop._get_raw = True
+
+
 def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
     """Forward FLOPs of ``fn()`` (FlopCounterMode: matmuls, convolutions, attention).
 
@@ -343,6 +355,7 @@ def count_flops(fn: Callable[[], Any], module: torch.nn.Module) -> int:
 
     if native.available():
         custom[torch.ops.vitsuite_native.depthwise_nhwc] = _native_depthwise_flop
+        custom[torch.ops.vitsuite_native.depthwise_chain] = _native_depthwise_chain_flop
         custom[torch.ops.vitsuite_native.linear_packed] = _linear_pointwise_flop  # same formula
         custom[torch.ops.vitsuite_native.attention] = _sdpa_cpu_flop  # q / k / v as SDPA's
     flags = [(p, p.requires_grad) for p in module.parameters()]
