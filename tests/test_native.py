@@ -512,3 +512,22 @@ def test_cpu_cache_disabled_by_environment(built, monkeypatch):
     depth = native.cpu_cache_stats()["depth"]
     with native.cpu_cache():
         assert native.cpu_cache_stats()["depth"] == depth
+
+
+def test_cpu_cache_scope_ends_on_errors_and_models_leave_no_scope(built):
+    depth = native.cpu_cache_stats()["depth"]
+    with pytest.raises(ValueError):
+        with native.cpu_cache():
+            raise ValueError("inside")
+    assert native.cpu_cache_stats()["depth"] == depth
+    from vitsuite.models import build_model
+
+    model = build_model("drsformer", dim=8, num_blocks=(1, 1, 1, 1), heads=(1, 1, 1, 1)).eval()
+    x = torch.rand(1, 3, 24, 24)
+    with torch.inference_mode():
+        y = model(x)
+        with pytest.raises(RuntimeError):
+            model(torch.rand(1, 4, 24, 24))  # a bad input fails inside the scope
+    assert native.cpu_cache_stats()["depth"] == depth
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), y)

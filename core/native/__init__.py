@@ -6,9 +6,12 @@ float32 ``act(x @ W^T + b) + residual`` on a weight packed once by :func:`pack_l
 (``linear_packed.cpp``), 1.0-1.2x MKL's sgemm on the token matmuls of the ViT family with GELU / the
 residual add in its epilogue, and :func:`attention` multi-head ``softmax(q k^T s + mask) v``
 (``attention.cpp``), 1.2-1.4x PyTorch's CPU SDPA on the zoo's attention shapes, and :func:`layer_norm`
-(``layer_norm.cpp``), a row LayerNorm ~1.2x ATen's on iTransformer's tokens (all measured on the AMD
-EPYC of ``docs/models.md``; shared register tile and vector math in ``avx2.h``). The extension is built once per source version with
-``torch.utils.cpp_extension.load`` into PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, default
+(``layer_norm.cpp``), a row LayerNorm ~1.2x ATen's on iTransformer's tokens; :func:`depthwise_chain`
+two chained depthwise convolutions in one pass and :func:`channel_run_sum` a grouped convolution's member
+sums (DRSformer's MSFN); :func:`cpu_cache` a caching CPU allocator scoped to inference forwards
+(``cpu_cache.cpp``: no page faults for large temporaries) (all measured on the AMD EPYC of
+``docs/models.md``; shared register tile and vector math in ``avx2.h``). The extension is built once per
+source version with ``torch.utils.cpp_extension.load`` into PyTorch's extension cache (``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``; ~15 s with a C++ compiler and ninja) and loaded with
 ``torch.ops.load_library``; no Python module is imported from it.
 

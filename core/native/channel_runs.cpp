@@ -67,7 +67,8 @@ at::Tensor channel_run_sum(const std::vector<at::Tensor>& srcs, const std::vecto
   const int64_t HW = H * W;
   const __m256 zero = _mm256_setzero_ps();
   // ~16 KB of output per task
-  at::parallel_for(0, B * HW, std::max<int64_t>(1, 4096 / std::max<int64_t>(width, 1)), [&](int64_t begin, int64_t end) {
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(width, 1));
+  at::parallel_for(0, B * HW, grain, [&](int64_t begin, int64_t end) {
     for (int64_t px = begin; px < end; ++px) {
       const int64_t n = px / HW, p = px % HW;
       float* o = op + px * width;

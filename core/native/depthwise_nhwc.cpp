@@ -226,7 +226,8 @@ at::Tensor depthwise_chain(const at::Tensor& x, const at::Tensor& w1, const c10:
             std::memset(arow, 0, sizeof(float) * Wa * nc);
             continue;
           }
-          for (; x_next <= a_next + p1; ++x_next) pack_row(xn, slot(xring, x_next, k1, Wx * nc), H, W, C, x_next, p1, c, nc);
+          for (; x_next <= a_next + p1; ++x_next)
+            pack_row(xn, slot(xring, x_next, k1, Wx * nc), H, W, C, x_next, p1, c, nc);
           for (int64_t i = 0; i < k1; ++i) xin[i] = slot(xring, a_next - p1 + i, k1, Wx * nc);
           std::memset(arow, 0, sizeof(float) * p2 * nc);
           std::memset(arow + (p2 + W) * nc, 0, sizeof(float) * p2 * nc);

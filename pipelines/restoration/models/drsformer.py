@@ -12,10 +12,13 @@ layout copies, 2-input grouped convolutions and repeated small products), with t
 * activations live in channels-last ``(B, H, W, C)``: the channel LayerNorm is one ``F.layer_norm``
   (no ``to_3d``/``to_4d`` copies), 1x1 convolutions are ``F.linear`` GEMMs and depthwise convolutions
   run on channels-last views (oneDNN's fast path);
-* TKSA: :func:`~vitsuite.core.layers.attention.topk_sparse_probs` (one sorted top-k serves the four
-  k values) gives the mixed probabilities, which are folded into ``project_out``;
-* MSFN: the 2-input grouped convolutions become depthwise convolutions plus contiguous adds, thanks to
-  a channel permutation of ``project_in``; large maps are processed in row bands that stay in cache;
+* TKSA: :func:`~vitsuite.core.layers.attention.topk_sparse_probs_from_gram` (one sorted top-k serves
+  the four k values) gives the mixed probabilities, which are folded into ``project_out``; on large maps
+  q k^T and the norms accumulate over row bands, so q and k never exist whole;
+* MSFN: the 2-input grouped convolutions become depthwise convolutions plus channel-run sums, thanks to
+  a channel permutation of ``project_in``; large maps are processed in row bands that stay in cache,
+  each scale's two depthwise stages in one pass (:func:`~vitsuite.core.layers.fast.depthwise_chain`)
+  and the member sums, bias and ReLU in another (:func:`~vitsuite.core.layers.fast.channel_run_sum`);
 * MEFC: each expert's last 1x1 conv, the per-sample gate and the 8c->c output 1x1 are folded into one
   ``(c, c)`` matrix per expert and sample; the eight products accumulate in one output (no 8c concat),
   row band by row band after the experts' first halves, so their outputs are read back from cache.
@@ -273,8 +276,9 @@ class MixedScaleFFN(nn.Module):
 
     def _weights(self) -> list[tuple[Tensor, ...]]:
         """Per half: project_in rows, stage-1 3x3 / 5x5 kernels (+ biases), mixer kernels for the a3 / a5
-        inputs -- permuted and zero-padded to the stored width, kernels channels-last ``(k, k, stored)``. Cached while gradients are off (the key
-        holds every parameter's version, so optimiser steps and state-dict loads invalidate it)."""
+        inputs -- permuted and zero-padded to the stored width, kernels channels-last ``(k, k, stored)``.
+        Cached while gradients are off (the key holds every parameter's version, so optimiser steps and
+        state-dict loads invalidate it)."""
         params = [p for p in self.parameters()]
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params)
         if not torch.is_grad_enabled() and getattr(self, "_cache_key", None) == key:
