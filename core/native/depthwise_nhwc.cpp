@@ -14,7 +14,7 @@
 //     Ho = H + 2 pad_h - dilation (kh - 1);
 //   vitsuite_native::depthwise_chain(x, w1, b1 or None, w2, row0, row1) -> (B, row1 - row0, W, C): rows of
 //     dw2(relu(dw1(x) + b1)), two "same" convolutions in one pass (DRSformer's MSFN stages: ~1.5-2x the
-//     two separate calls, the intermediate never leaves L1).
+//     two separate calls, the intermediate never leaves the core's L1 / L2).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -182,9 +182,9 @@ inline float* slot(std::vector<float>& ring, int64_t h, int64_t k, int64_t size)
 
 // y = dw2(relu(dw1(x) + b1)), rows [row0, row1) of the result; both convolutions "same" (odd square kernels,
 // stride 1, zero padding: the intermediate is zero outside the image). Per 16-channel slice the input rows
-// and the intermediate rows pass through two small rings (a few rows each, L1-resident), so the
-// intermediate is never written to memory and the input is read once; each output equals the two-call
-// result bit for bit (same arithmetic order).
+// and the intermediate rows pass through two small rings (a few rows each: 25-85 KB at W = 128, in L1 /
+// L2), so the intermediate is never written to memory and the input is read once; each output equals the
+// two-call result bit for bit (same arithmetic order).
 at::Tensor depthwise_chain(const at::Tensor& x, const at::Tensor& w1, const c10::optional<at::Tensor>& b1,
                            const at::Tensor& w2, int64_t row0, int64_t row1) {
   check_image(x, "depthwise_chain");
