@@ -159,7 +159,7 @@ class TopKAttention(nn.Module):
         B, H, W, c = x.shape
         heads, C = self.num_heads, c // self.num_heads
         fast = not self.training and fast_inference(x)
-        if fast and not graph_capture() and H * W * 3 * c * x.element_size() > _TKSA_BANDED_BYTES:
+        if fast and H * W * 3 * c * x.element_size() > _TKSA_BANDED_BYTES:
             gram, q_sq, k_sq, v = self._banded_gram(x)
         else:
             qkv = _spatial(_pointwise(x, self.qkv), self.qkv_dwconv)                 # (B, H, W, 3c)
